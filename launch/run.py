@@ -1,0 +1,172 @@
+"""One run: config -> model -> solver -> metrics -> record.
+
+Every failure a user can cause is an NfebenchError raised before the record is written, so a
+failed run never leaves a record behind.
+"""
+from __future__ import annotations
+
+import io
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from metrics.suites import build_metrics
+from models.counter import CountedDenoiser
+from models.registry import build_model
+from sampling.errors import NfebenchError
+from sampling.registry import get_solver
+from sampling.seeds import SampleNoise
+from sampling.timesteps import make_grid
+
+from .records import RECORD_NAME, atomic_write_bytes, atomic_write_json, config_hash, git_state, versions
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _positive_int(cfg, key, minimum=1):
+    v = cfg.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise NfebenchError(f"{key} must be an integer >= {minimum}; got {v!r}")
+    return v
+
+
+def _device(name):
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise NfebenchError(f"unknown device '{name}'") from None
+
+
+def plan(cfg: dict):
+    """Everything decided before sampling: model, solver, options, grid. Raises on bad input."""
+    nfe = _positive_int(cfg, "nfe")
+    _positive_int(cfg, "num_samples")
+    _positive_int(cfg, "batch_size")
+    _positive_int(cfg, "seed", 0)
+    _positive_int(cfg, "sample_offset", 0)
+    model_cfg = dict(cfg["model"])
+    dtype_name = cfg.get("dtype") or model_cfg.pop("dtype", "float32")
+    model_cfg.pop("dtype", None)
+    if dtype_name not in DTYPES:
+        raise NfebenchError(f"dtype must be one of {', '.join(DTYPES)}; got '{dtype_name}'")
+    model = build_model(model_cfg)
+
+    solver_opts = dict(cfg["solver"])
+    spec = get_solver(solver_opts.pop("name", None))
+    grid_opts = dict(cfg["schedule"])
+    grid_name = grid_opts.pop("name", None)
+    if grid_name == "explicit":
+        steps = len(grid_opts.get("ts") or ()) - 1
+    else:
+        steps = spec.steps(nfe, **solver_opts)
+        if steps < 1:
+            raise NfebenchError(f"nfe={nfe} is below the minimum of solver '{spec.name}' ({spec.min_nfe(**solver_opts)} NFE)")
+    ts = make_grid(model.noise, steps, grid_name, t_end=cfg.get("t_end"), **grid_opts)
+    cost = spec.cost(steps, **solver_opts)
+    if cost > nfe:
+        raise NfebenchError(f"solver '{spec.name}' needs {cost} NFE for {steps} steps but the budget is nfe={nfe}")
+    return model, spec, solver_opts, ts, DTYPES[dtype_name]
+
+
+def _nonfinite_message(counter: CountedDenoiser) -> str:
+    k = counter.first_nonfinite_call()
+    if k is None:
+        return (f"non-finite sample: NaN/Inf first appeared in the solver update after the last of "
+                f"{counter.count} model evaluations")
+    return (f"non-finite sample: NaN/Inf first appeared at model evaluation {k} of {counter.count} "
+            f"(t={counter.times[k - 1]:.6g})")
+
+
+def sample_batches(cfg: dict, model, spec, solver_opts, ts, dtype, device, on_batch):
+    """Run the solver over all sample indices; on_batch(samples, x_start, indices) sees each batch."""
+    noise, nfe = model.noise, cfg["nfe"]
+    first, n, bs = cfg["sample_offset"], cfg["num_samples"], cfg["batch_size"]
+    sigma_start = float(noise.sigma(ts[0]))
+    counted, model_s = set(), 0.0
+    for lo in range(first, first + n, bs):
+        idx = range(lo, min(lo + bs, first + n))
+        rng = SampleNoise(cfg["seed"], idx, model.shape, dtype=dtype, device=device)
+        x_start = sigma_start * rng.draw()
+        counter = CountedDenoiser(model, budget=nfe)
+        with torch.no_grad():
+            x = spec.fn(counter, x_start, ts, noise, rng, **solver_opts)
+        if not bool(torch.isfinite(x).all()):
+            raise NfebenchError(_nonfinite_message(counter))
+        counted.add(counter.count)
+        model_s += counter.seconds
+        on_batch(x, x_start, idx)
+    if len(counted) != 1:
+        raise NfebenchError(f"solver spent a different number of model evaluations per batch: {sorted(counted)}")
+    return counted.pop(), model_s
+
+
+def _png_grid(images: torch.Tensor) -> bytes:
+    from torchvision.utils import make_grid
+
+    x = ((images.float().clamp(-1, 1) + 1) / 2).cpu()
+    scale = max(1, 64 // x.shape[-1])  # 8x8 digits are unreadable at native size
+    x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
+    grid = make_grid(x, nrow=int(math.ceil(math.sqrt(len(x)))), padding=2, pad_value=1.0)
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((grid.permute(1, 2, 0) * 255).round().byte().numpy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run_experiment(cfg: dict, out_dir: Path) -> dict:
+    """cfg is the resolved config as a plain dict; returns the record written to out_dir."""
+    t0 = time.perf_counter()
+    model, spec, solver_opts, ts, dtype = plan(cfg)
+    device = _device(cfg.get("device"))
+    suite = build_metrics(cfg["metrics"], model, float(ts[0]), float(ts[-1]))
+    keep = []
+
+    def on_batch(x, x_start, idx):
+        suite.update(x, x_start)
+        if sum(len(k) for k in keep) < cfg.get("grid_images", 64):
+            keep.append(x[: cfg.get("grid_images", 64)].cpu())
+
+    counted, model_s = sample_batches(cfg, model, spec, solver_opts, ts, dtype, device, on_batch)
+    results = suite.result()
+    total_s = time.perf_counter() - t0
+    steps = len(ts) - 1
+    first = cfg["sample_offset"]
+    record = {
+        "status": "complete",
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "config": cfg,
+        "config_hash": config_hash(cfg),
+        "model": {"name": cfg["model"].get("name"), **model.describe()},
+        "solver": {"name": spec.name, "options": solver_opts, "steps": steps,
+                   **(spec.describe(steps, **solver_opts) if spec.describe else {})},
+        "schedule": {**dict(cfg["schedule"]), "t_grid": [float(t) for t in ts],
+                     "edm_sigma_grid": [float(s) for s in model.noise.edm_sigma(ts)]},
+        "nfe": {"requested": cfg["nfe"], "counted": counted},
+        "metrics": results,
+        "metrics_protocol": suite.protocol(),
+        "samples": {"num_samples": cfg["num_samples"], "seed": cfg["seed"], "index_range": [first, first + cfg["num_samples"]],
+                    "batch_size": cfg["batch_size"], "dtype": str(dtype).replace("torch.", ""), "device": str(device)},
+        "timing": {"total_s": total_s, "model_s": model_s, "rest_s": total_s - model_s},
+        "versions": versions(),
+        "git": git_state(),
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if keep:
+        atomic_write_bytes(out_dir / "samples.png", _png_grid(torch.cat(keep)[: cfg.get("grid_images", 64)]))
+    atomic_write_json(out_dir / RECORD_NAME, record)
+    return record
+
+
+def summary_line(rec: dict, out_dir) -> str:
+    opts = ",".join(f"{k}={v}" for k, v in sorted(rec["solver"]["options"].items()))
+    mets = " ".join(f"{k}={v:.6g}" for k, v in rec["metrics"].items())
+    return (f"{rec['model']['name']} | {rec['solver']['name']}({opts}) | {rec['config']['schedule']['name']} | "
+            f"nfe {rec['nfe']['requested']} (counted {rec['nfe']['counted']}) | {mets} | "
+            f"{rec['samples']['num_samples']} samples | {rec['timing']['total_s']:.1f}s | {out_dir}")

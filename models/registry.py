@@ -1,0 +1,43 @@
+"""Model families by name: `model.family` in a configs/model/*.yaml picks a builder here."""
+from __future__ import annotations
+
+from sampling.errors import NfebenchError
+from sampling.schedules import make_noise_schedule
+
+MODEL_FAMILIES: dict[str, callable] = {}
+
+
+def register_family(name):
+    def wrap(fn):
+        MODEL_FAMILIES[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_family("gaussian")
+def _gaussian(noise, shape=(3, 8, 8), var_min=1e-2, var_max=1.0, mean_scale=0.5, basis_seed=0, prediction="x0"):
+    from .analytic import Gaussian
+
+    return Gaussian(noise, tuple(shape), var_min, var_max, mean_scale, basis_seed, prediction)
+
+
+@register_family("digits")
+def _digits(noise, std=0.1, prediction="x0", ode_rtol=1e-8):
+    from .analytic import Digits
+
+    return Digits(noise, std, prediction, ode_rtol)
+
+
+def build_model(cfg: dict):
+    """cfg: the resolved `model` config (family, noise_schedule, family-specific keys)."""
+    cfg = dict(cfg)
+    family = cfg.pop("family", None)
+    cfg.pop("name", None)
+    if family not in MODEL_FAMILIES:
+        raise NfebenchError(f"unknown model family '{family}'; valid: {', '.join(sorted(MODEL_FAMILIES))}")
+    noise = make_noise_schedule(**dict(cfg.pop("noise_schedule")))
+    try:
+        return MODEL_FAMILIES[family](noise, **cfg)
+    except TypeError as e:
+        raise NfebenchError(f"bad options for model family '{family}': {e}") from None

@@ -1,0 +1,47 @@
+"""Solvers by name: configs/solver/<name>.yaml maps 1:1 to an entry here.
+
+Each entry knows how a budget of model evaluations becomes a number of steps (``steps``) and
+what a number of steps costs (``cost``), so NFE is a budget, never a step count in disguise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import NfebenchError
+
+
+def _same(n, **_):
+    return n
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    name: str
+    fn: Callable
+    steps: Callable = _same          # (nfe, **options) -> number of steps that fits the budget
+    cost: Callable = _same           # (steps, **options) -> model evaluations those steps spend
+    describe: Callable | None = None  # (steps, **options) -> extra facts for the run record
+    stochastic: bool = False
+
+    def min_nfe(self, **options) -> int:
+        return self.cost(1, **options)
+
+
+SOLVERS: dict[str, SolverSpec] = {}
+
+
+def register_solver(name, **spec):
+    def wrap(fn):
+        SOLVERS[name] = SolverSpec(name=name, fn=fn, **spec)
+        return fn
+
+    return wrap
+
+
+def get_solver(name: str) -> SolverSpec:
+    from . import solvers  # noqa: F401  (registers every solver module)
+
+    if name not in SOLVERS:
+        raise NfebenchError(f"unknown solver '{name}'; valid: {', '.join(sorted(SOLVERS))}")
+    return SOLVERS[name]
