@@ -11,7 +11,9 @@ EXIT_BAD_INPUT = 2
 
 
 def config_groups() -> dict[str, list[str]]:
-    return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(CONFIGS.iterdir()) if d.is_dir()}
+    """Every config group, nested ones as 'model/noise_schedule', with its options."""
+    return {str(d.relative_to(CONFIGS)): sorted(p.stem for p in d.glob("*.yaml"))
+            for d in sorted(CONFIGS.rglob("*")) if d.is_dir() and any(d.glob("*.yaml"))}
 
 
 def check_group_overrides(argv: list[str]) -> None:

@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 RECORD_NAME = "record.json"
+STATE_NAME = "metric_state.npz"  # mergeable metric statistics, written before the record
 REPO = Path(__file__).resolve().parents[1]
 
 

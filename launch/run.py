@@ -11,17 +11,19 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from metrics.suites import build_metrics
 from models.counter import CountedDenoiser
 from models.registry import build_model
+from models.thresholding import Thresholded
 from sampling.errors import NfebenchError
 from sampling.registry import get_solver
 from sampling.seeds import SampleNoise
 from sampling.timesteps import make_grid
 
-from .records import RECORD_NAME, atomic_write_bytes, atomic_write_json, config_hash, git_state, versions
+from .records import RECORD_NAME, STATE_NAME, atomic_write_bytes, atomic_write_json, config_hash, git_state, versions
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -55,6 +57,8 @@ def plan(cfg: dict):
     if dtype_name not in DTYPES:
         raise NfebenchError(f"dtype must be one of {', '.join(DTYPES)}; got '{dtype_name}'")
     model = build_model(model_cfg)
+    if cfg.get("dynamic_thresholding", {}).get("enabled"):
+        model = Thresholded(model, **{k: v for k, v in cfg["dynamic_thresholding"].items() if k != "enabled"})
 
     solver_opts = dict(cfg["solver"])
     spec = get_solver(solver_opts.pop("name", None))
@@ -63,14 +67,19 @@ def plan(cfg: dict):
     if grid_name == "explicit":
         steps = len(grid_opts.get("ts") or ()) - 1
     else:
-        steps = spec.steps(nfe, **solver_opts)
+        steps = spec.steps(nfe - _final_denoise_cost(cfg), **solver_opts)
         if steps < 1:
             raise NfebenchError(f"nfe={nfe} is below the minimum of solver '{spec.name}' ({spec.min_nfe(**solver_opts)} NFE)")
     ts = make_grid(model.noise, steps, grid_name, t_end=cfg.get("t_end"), **grid_opts)
-    cost = spec.cost(steps, **solver_opts)
+    cost = spec.cost(steps, **solver_opts) + _final_denoise_cost(cfg)
     if cost > nfe:
         raise NfebenchError(f"solver '{spec.name}' needs {cost} NFE for {steps} steps but the budget is nfe={nfe}")
     return model, spec, solver_opts, ts, DTYPES[dtype_name]
+
+
+def _final_denoise_cost(cfg) -> int:
+    # denoise_to_zero: one extra, counted evaluation that replaces x(t_end) by the model's x0.
+    return 1 if cfg.get("denoise_to_zero") else 0
 
 
 def _nonfinite_message(counter: CountedDenoiser) -> str:
@@ -95,6 +104,8 @@ def sample_batches(cfg: dict, model, spec, solver_opts, ts, dtype, device, on_ba
         counter = CountedDenoiser(model, budget=nfe)
         with torch.no_grad():
             x = spec.fn(counter, x_start, ts, noise, rng, **solver_opts)
+            if cfg.get("denoise_to_zero"):
+                x = counter(x, float(ts[-1]))
         if not bool(torch.isfinite(x).all()):
             raise NfebenchError(_nonfinite_message(counter))
         counted.add(counter.count)
@@ -116,6 +127,12 @@ def _png_grid(images: torch.Tensor) -> bytes:
 
     buf = io.BytesIO()
     Image.fromarray((grid.permute(1, 2, 0) * 255).round().byte().numpy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _npz(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
@@ -158,6 +175,7 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / STATE_NAME, _npz(suite.state()))
     if keep:
         atomic_write_bytes(out_dir / "samples.png", _png_grid(torch.cat(keep)[: cfg.get("grid_images", 64)]))
     atomic_write_json(out_dir / RECORD_NAME, record)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 from sampling.errors import NfebenchError
 
@@ -32,6 +34,17 @@ class ExactMetrics:
             ref = self.model.ode_solution(x_start, self.t_start, self.t_end)
             self.sq_err += float(((samples - ref).double() ** 2).sum())
             self.count += samples.numel()
+
+    def state(self) -> dict:
+        """Everything result() needs, as numpy arrays: shards' states merge exactly."""
+        st = self.moments.state()
+        return {"n": np.asarray(st["n"]), "mean": st["mean"], "m2": st["m2"],
+                "sq_err": np.asarray(self.sq_err), "count": np.asarray(self.count)}
+
+    def merge_state(self, state: dict) -> None:
+        self.moments.merge(RunningMoments.from_state(state))
+        self.sq_err += float(state["sq_err"])
+        self.count += int(state["count"])
 
     def result(self) -> dict:
         mean, cov = self.model.marginal_moments(self.t_end)

@@ -2,6 +2,8 @@
 
 A suite is built once per run with (model, t_start, t_end, **options), receives every batch
 of samples through ``update(samples, x_start)`` and reports ``result()`` and ``protocol()``.
+``state()`` returns numpy arrays that ``merge_state(state)`` folds into another suite of the
+same config, exactly: that is how shards of one run become one result.
 """
 from __future__ import annotations
 
@@ -15,6 +17,12 @@ class NoMetrics:
         pass
 
     def update(self, samples, x_start):
+        pass
+
+    def state(self) -> dict:
+        return {}
+
+    def merge_state(self, state: dict) -> None:
         pass
 
     def result(self) -> dict:

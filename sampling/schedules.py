@@ -31,7 +31,10 @@ def register_noise(name):
 def make_noise_schedule(type: str, **params):
     if type not in NOISE_SCHEDULES:
         raise NfebenchError(f"unknown noise schedule '{type}'; valid: {', '.join(sorted(NOISE_SCHEDULES))}")
-    return NOISE_SCHEDULES[type](**params)
+    try:
+        return NOISE_SCHEDULES[type](**params)
+    except TypeError as e:
+        raise NfebenchError(f"bad options for noise schedule '{type}': {e}") from None
 
 
 class NoiseSchedule:

@@ -1,0 +1,92 @@
+"""launch.py end to end, through a subprocess, as a user runs it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["num_samples=40", "batch_size=16"]
+
+
+def launch(*args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_default_experiment_writes_a_complete_record(tmp_path):
+    r = launch(*SMALL, f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "record.json").read_text())
+    assert rec["status"] == "complete"
+    assert rec["model"]["name"] == "digits" and rec["solver"]["name"] == "dpmpp"
+    assert rec["solver"]["options"]["order"] == 2 and rec["config"]["metrics"]["name"] == "exact"
+    assert rec["nfe"] == {"requested": 10, "counted": 10}
+    assert rec["samples"]["index_range"] == [0, 40] and rec["samples"]["seed"] == 0
+    assert set(rec["metrics"]) == {"fd_pixel", "ode_rmse"} and rec["metrics"]["ode_rmse"] > 0
+    assert rec["timing"]["model_s"] > 0 and rec["timing"]["total_s"] >= rec["timing"]["model_s"]
+    assert rec["versions"]["torch"] and "commit" in rec["git"] and len(rec["config_hash"]) == 16
+    assert len(rec["schedule"]["t_grid"]) == 11
+    assert (tmp_path / "samples.png").stat().st_size > 0
+    assert (tmp_path / "metric_state.npz").exists()
+    assert r.stdout.count("\n") == 1 and "fd_pixel=" in r.stdout and "nfe 10 (counted 10)" in r.stdout
+    assert not list(tmp_path.glob(".*.tmp")), "temp files must be renamed away"
+
+
+@pytest.mark.parametrize("args,counted,steps", [
+    (["solver=dpmpp", "nfe=10"], 10, 10),
+    (["solver=ddim", "nfe=6"], 6, 6),
+    (["solver=euler", "nfe=6"], 6, 6),
+    (["solver=heun", "nfe=10"], 9, 5),
+    (["solver=dpmpp", "solver.order=3", "nfe=7", "model=gaussian", "schedule=time_quadratic", "seed=3"], 7, 7),
+    (["model=gaussian", "model/noise_schedule=vp_discrete", "schedule=karras", "denoise_to_zero=true"], 10, 9),
+])
+def test_solver_spellings(tmp_path, args, counted, steps):
+    r = launch(*SMALL, *args, f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "record.json").read_text())
+    assert rec["nfe"]["counted"] == counted and rec["solver"]["steps"] == steps
+
+
+def test_sweep_and_collector(tmp_path):
+    r = launch("-m", *SMALL, "model=gaussian", "solver=ddim,dpmpp", "nfe=5,10", f"hydra.sweep.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    assert len(list(tmp_path.rglob("record.json"))) == 4
+    c = subprocess.run([sys.executable, "-m", "results.collect", str(tmp_path), "--metric", "ode_rmse",
+                        "--out", str(tmp_path / "table.md")], cwd=REPO, capture_output=True, text=True)
+    assert c.returncode == 0, c.stderr
+    lines = c.stdout.strip().splitlines()
+    assert lines[0] == "| model | solver | schedule | ode_rmse @ NFE 5 | 10 |" and len(lines) == 4
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    assert [c[:3] for c in cells] == [["gaussian", "ddim(eta=0.0)", "time_uniform"],
+                                      ["gaussian", "dpmpp(lower_order_final=below_10,order=2)", "logsnr"]]
+    vals = [[float(v) for v in c[3:]] for c in cells]
+    assert all(v10 < v5 for v5, v10 in vals), "error must fall with NFE"
+    assert (tmp_path / "table.md").read_text() == c.stdout
+
+
+def test_collector_errors(tmp_path):
+    c = subprocess.run([sys.executable, "-m", "results.collect", str(tmp_path)], cwd=REPO, capture_output=True,
+                       text=True)
+    assert c.returncode == 2 and c.stderr.count("\n") == 1 and "no complete run records" in c.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["solver=nope"], "unknown solver 'nope'; valid: "),
+    (["model=nope"], "unknown model 'nope'; valid: "),
+    (["schedule=nope"], "unknown schedule 'nope'; valid: "),
+    (["nfe=0"], "nfe must be an integer >= 1"),
+    (["nfe=-3"], "nfe must be an integer >= 1"),
+    (["solver=heun", "solver.final_euler=false", "nfe=1"], "below the minimum of solver 'heun' (2 NFE)"),
+    (["num_samples=0"], "num_samples must be an integer >= 1"),
+    (["model/noise_schedule=nope"], "unknown model/noise_schedule 'nope'; valid: edm, ve, vp_cosine"),
+    (["model/noise_schedule=edm", "model.noise_schedule.sigma_max=1e39", "dtype=float32"],
+     "non-finite sample: NaN/Inf first appeared at model evaluation 1 of"),
+])
+def test_bad_input_is_one_line_and_leaves_no_record(tmp_path, args, message):
+    r = launch(*SMALL, *args, f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    assert not (tmp_path / "record.json").exists() and not (tmp_path / "samples.png").exists()
+    assert not (tmp_path / "metric_state.npz").exists()
