@@ -28,7 +28,7 @@ def time_uniform(noise, steps, t_start, t_end):
 @register_grid("time_quadratic")
 def time_quadratic(noise, steps, t_start, t_end, power: float = 2.0):
     """Uniform in t^(1/power): denser near the data end (DDIM's CIFAR-10 choice)."""
-    return np.linspace(t_start ** (1 / power), t_end ** (1 / power), steps + 1) ** power
+    return _pin_ends(np.linspace(t_start ** (1 / power), t_end ** (1 / power), steps + 1) ** power, t_start, t_end)
 
 
 @register_grid("logsnr")
@@ -56,6 +56,48 @@ def karras(noise, steps, t_start, t_end, rho: float = 7.0, sigma_min: float | No
 def explicit(noise, steps, t_start, t_end, ts=()):
     """A user-given grid; its length fixes the number of steps."""
     return np.asarray(ts, dtype=np.float64)
+
+
+def _leading(n_train, steps):
+    return np.arange(steps)[::-1] * (n_train // steps)
+
+
+def _linspace(n_train, steps):
+    return np.linspace(0, n_train - 1, steps).round()[::-1]
+
+
+def _trailing(n_train, steps):
+    # Indexing k * ratio instead of np.arange(N, 0, -ratio): the float arange can yield one extra
+    # step (diffusers gives 62 timesteps ending at -1 for 61 steps of 1000); this never does.
+    return np.round(n_train - np.arange(steps) * (n_train / steps)) - 1
+
+
+# diffusers' `timestep_spacing` rules for integer training steps, largest first.
+SPACINGS = {"leading": _leading, "linspace": _linspace, "trailing": _trailing}
+
+
+@register_grid("discrete")
+def discrete(noise, steps, t_start, t_end, spacing: str = "leading", steps_offset: int = 0):
+    """Integer training steps of a discrete-time model, spaced as diffusers' schedulers space them.
+
+    The `steps` model evaluations sit at the integer steps n that diffusers' `set_timesteps(steps)`
+    produces (plus `steps_offset` for "leading"); n maps to t = (n + 1) / N. The grid then ends at
+    t_end (default: the schedule's eps = 1/N, i.e. diffusers' final_alpha_cumprod = alphas_cumprod[0]
+    with set_alpha_to_one=False). diffusers' alternative final step to alpha = 1 is the separate
+    denoise_to_zero option, not a grid point.
+    """
+    n_train = getattr(noise, "num_train_timesteps", None)
+    if n_train is None:
+        raise NfebenchError(f"discrete time-step spacing needs a discrete-time (vp_discrete) schedule, not '{noise.name}'")
+    if spacing not in SPACINGS:
+        raise NfebenchError(f"unknown timestep spacing '{spacing}'; valid: {', '.join(SPACINGS)}")
+    n = SPACINGS[spacing](n_train, steps).astype(np.int64) + (int(steps_offset) if spacing == "leading" else 0)
+    t = (n + 1.0) / n_train
+    if len(n) != steps or n.max() >= n_train or t[-1] <= t_end:
+        raise NfebenchError(f"'{spacing}' spacing (steps_offset={steps_offset}) of {steps} steps gives training steps "
+                            f"{n.tolist()}, which must lie above t_end={t_end:g} and below {n_train}; "
+                            "use steps_offset=1, 'trailing', or a smaller t_end")
+    return np.append(t, t_end)
 
 
 def _pin_ends(t, t_start, t_end):

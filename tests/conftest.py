@@ -2,9 +2,21 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 # No hub, no wandb network in tests, whatever the caller's environment says.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture
+def float64_default():
+    """torch's default dtype as float64 for one test, restored afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -40,5 +40,3 @@ def fitted_order(model, solver, nfes, cost=lambda n: n, **kw) -> float:
     slope = np.polyfit(np.log([cost(s) for s in steps]), np.log(errs), 1)[0]
     return -float(slope)
 
-
-torch.set_default_dtype(torch.float64)

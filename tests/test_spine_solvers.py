@@ -16,7 +16,7 @@ from sampling.seeds import SampleNoise
 def test_gaussian_closed_form_ode_matches_numerical_solve():
     m = gaussian(shape=(1, 3, 3))
     ns = m.noise
-    x = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(1)) * float(ns.sigma(1.0))
+    x = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * float(ns.sigma(1.0))
     t0, t1 = 1.0, 1e-3
 
     def rhs(t, y):  # PF-ODE in native VP coordinates: dx/dt = f x - g^2/2 * score
@@ -114,7 +114,7 @@ def test_counter_flags_the_first_nonfinite_call():
 
     c = CountedDenoiser(Blows(), None)
     for t in (0.9, 0.7, 0.4, 0.2):
-        c(torch.ones(2), t)
+        c(torch.ones(2, dtype=torch.float64), t)
     assert c.first_nonfinite_call() == 3
 
 
@@ -170,7 +170,7 @@ def test_plan_rejects_bad_budgets():
 
 def test_digits_denoiser_is_the_exact_posterior_mean():
     m = build_model({"family": "digits", "noise_schedule": {"type": "edm"}})
-    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     s = 0.7
     c = torch.as_tensor(m.centers)
     v = m.std**2 + s * s

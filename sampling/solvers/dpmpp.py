@@ -1,58 +1,74 @@
-"""DPM-Solver++ multistep (Lu et al. 2022b), data prediction, orders 1-3 (2M, 3M).
+"""DPM-Solver++ (Lu et al. 2022b), data prediction: multistep 2M/3M and singlestep 2S (3S).
 
-With h = lambda_{k+1} - lambda_k and phi_1 = expm1(-h), one step is
+Multistep: with h = lambda_{k+1} - lambda_k, one step is
 
-    x_{k+1} = sigma_{k+1}/sigma_k * x_k - alpha_{k+1} * phi_1 * D_k
+    x_{k+1} = sigma_{k+1}/sigma_k * x_k + alpha_{k+1} * (E_1 D_0 [+ E_2 D_1 + E_3 D_2])
 
-where D_k extrapolates the past data predictions (order 2: D = (1 + 1/2r) m_k - 1/2r m_{k-1},
-r = h_{k-1}/h_k; order 3 adds the second divided difference with phi_2, phi_3). The weights
-on past predictions are precomputed, so the loop is one linear combination per step.
+where D are divided differences of past data predictions (order 2 is the paper's midpoint
+form with 1/2 E_1 on the first difference). 3M reproduces the DPM-Solver reference code and
+diffusers: E_3 on D_2 where exact quadratic integration needs 2 E_3, so its local error is O(h^3)
+and it converges with order 2 (test_solvers_exp measures both). The weights on past predictions
+are precomputed, so the loop is one linear combination per step; NFE = steps.
+
+Singlestep (``method: singlestep``): DPM-Solver++(2S) blocks with the DPM-Solver-fast order
+split of the budget and the ``outer_grid`` rule (see singlestep.py); the configured grid has
+one point per evaluation, so NFE = steps there too.
 """
 from __future__ import annotations
 
-import math
 
-import numpy as np
-
+from ..errors import NfebenchError
 from ..registry import register_solver
+from . import singlestep
+from .expint import multistep_weights, past_ratios, predict, step
 from .grid import grid_coeffs
 from .orders import lower_order_final_applies, multistep_orders
 
-
-def _weights(g, k: int, order: int) -> list[float]:
-    """Weights on (m_k, m_{k-1}, m_{k-2}) for the step k -> k+1."""
-    a, h = g.alpha[k + 1], g.lam[k + 1] - g.lam[k]
-    phi1 = math.expm1(-h)
-    e0 = np.array([1.0, 0.0, 0.0])
-    if order == 1:
-        return list(-a * phi1 * e0)
-    r0 = (g.lam[k] - g.lam[k - 1]) / h
-    d1_0 = np.array([1.0, -1.0, 0.0]) / r0
-    if order == 2:
-        return list(-a * phi1 * (e0 + 0.5 * d1_0))
-    r1 = (g.lam[k - 1] - g.lam[k - 2]) / h
-    d1_1 = np.array([0.0, 1.0, -1.0]) / r1
-    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-    d2 = (d1_0 - d1_1) / (r0 + r1)
-    phi2 = phi1 / h + 1.0
-    phi3 = phi2 / h - 0.5
-    return list(-a * phi1 * e0 + a * phi2 * d1 - a * phi3 * d2)
+METHODS = ("multistep", "singlestep")
 
 
-def _describe(steps, order=2, lower_order_final="below_10", **_):
-    return {"step_orders": multistep_orders(steps, order, lower_order_final),
+def check_method(method):
+    if method not in METHODS:
+        raise NfebenchError(f"method must be one of {', '.join(METHODS)}; got '{method}'")
+    return method
+
+
+def run_multistep(form, model, x, g, weights):
+    """weights[k]: host floats on (m_k, m_{k-1}, m_{k-2}) for the step k -> k+1, in the given form."""
+    keep = [step(form, g, k, k + 1).keep for k in range(len(g.t) - 1)]
+    history = []  # predictions, newest first
+    for k, w in enumerate(weights):
+        history = [predict(form, model, x, g.t[k], g.alpha[k], g.sigma[k])] + history[:2]
+        x = keep[k] * x + sum(wk * m for wk, m in zip(w, history) if wk != 0.0)
+    return x
+
+
+def dpm_multistep_weights(form, g, orders):
+    return [multistep_weights(step(form, g, k, k + 1), o, past_ratios(g, k, o)) for k, o in enumerate(orders)]
+
+
+def run_singlestep(form, model, x, g, noise, order, outer_grid):
+    _, blocks = singlestep.plan_blocks(form, g, noise, int(order), outer_grid)
+    pred = lambda m, y, p: predict(form, m, y, p.t, p.alpha, p.sigma)  # noqa: E731
+    return singlestep.run_blocks(model, x, blocks, pred)
+
+
+def describe_exp(steps, method="multistep", order=2, lower_order_final="below_10", outer_grid="logsnr", **_):
+    if check_method(method) == "singlestep":
+        return {"method": method, **singlestep.describe(steps, order, outer_grid)}
+    return {"method": method, "step_orders": multistep_orders(steps, int(order), lower_order_final),
             "lower_order_final_applied": lower_order_final_applies(lower_order_final, steps)}
 
 
-@register_solver("dpmpp", describe=_describe)
-def sample_dpmpp(model, x, ts, noise, rng=None, order: int = 2, lower_order_final="below_10"):
+def sample_exp(form, model, x, ts, noise, method, order, lower_order_final, outer_grid):
     g = grid_coeffs(noise, ts)
-    steps = len(ts) - 1
-    orders = multistep_orders(steps, int(order), lower_order_final)
-    weights = [_weights(g, k, orders[k]) for k in range(steps)]
-    keep = [g.sigma[k + 1] / g.sigma[k] for k in range(steps)]
-    history = []  # data predictions, newest first
-    for k in range(steps):
-        history = [model(x, g.t[k])] + history[:2]
-        x = keep[k] * x + sum(w * m for w, m in zip(weights[k], history) if w != 0.0)
-    return x
+    if check_method(method) == "singlestep":
+        return run_singlestep(form, model, x, g, noise, order, outer_grid)
+    orders = multistep_orders(len(ts) - 1, int(order), lower_order_final)
+    return run_multistep(form, model, x, g, dpm_multistep_weights(form, g, orders))
+
+
+@register_solver("dpmpp", describe=describe_exp)
+def sample_dpmpp(model, x, ts, noise, rng=None, method="multistep", order: int = 2, lower_order_final="below_10",
+                 outer_grid="logsnr"):
+    return sample_exp("data", model, x, ts, noise, method, order, lower_order_final, outer_grid)

@@ -1,0 +1,88 @@
+"""Every registered solver x every budget from its minimum to 50 NFE, through launch.run's own
+plan() and sample_batches(): finite samples and counted NFE equal to the solver's declared cost
+(never above the budget), or a clean NfebenchError refusal below the minimum. Never a silent
+overrun (the counter raises) or a NaN.
+
+Solvers come from the registry, so solvers added later are covered without touching this file;
+each runs with its configs/solver/<name>.yaml options and recommended schedule, plus the option
+variants below that change the step/NFE rule (degenerate budgets included).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from launch.run import plan, sample_batches
+from sampling.errors import NfebenchError
+from sampling.registry import SOLVERS, get_solver
+
+get_solver("ddim")  # imports every solver module, so SOLVERS is complete
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+MAX_NFE = 50
+MODEL = {"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"type": "vp_linear"}, "dtype": "float64"}
+
+# Options that change how a budget becomes steps (or make low budgets degenerate).
+VARIANTS = {
+    "dpmpp": [{"order": 3}, {"method": "singlestep", "order": 2}, {"method": "singlestep", "order": 3},
+              {"method": "singlestep", "order": 3, "outer_grid": "fine"}],
+    "dpm_solver": [{"order": 2}, {"order": 1, "outer_grid": "fine"}, {"method": "multistep", "order": 3}],
+    "dpmpp_sde": [{"order": 1}],
+    "unipc": [{"order": 2, "variant": "bh2"}, {"order": 3, "corrector": False, "lower_order_final": "never"}],
+    "deis": [{"order": 2}, {"order": 3, "lower_order_final": "never"}, {"basis": "logrho"}],
+    "pndm": [{"method": "s_pndm"}, {"method": "f_pndm"}, {"method": "f_pndm", "midpoint": "time"}],
+    "score_sde_pc": [{"n_corrector": 0}, {"n_corrector": 2, "predictor": "euler_maruyama"}],
+    "ipndm": [{"order": 2}],
+    "heun": [{"final_euler": False}, {"S_churn": 10}],
+    "euler": [{"S_churn": 10}],
+    "ddpm": [{"variance": "fixed_large"}],
+    "time_shift": [{"base": "ipndm"}, {"window": 0}],
+}
+
+
+def _defaults(name):
+    """(solver options, schedule config) from the solver's yaml, as a Hydra run would compose them."""
+    path = CONFIGS / "solver" / f"{name}.yaml"
+    opts = OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {"name": name}
+    grid = "logsnr"
+    for entry in opts.pop("defaults", []):
+        for key, value in (entry.items() if isinstance(entry, dict) else []):
+            if key.endswith("schedule@_global_.schedule"):
+                grid = value
+    schedule = OmegaConf.to_container(OmegaConf.load(CONFIGS / "schedule" / f"{grid}.yaml"))
+    return opts, schedule
+
+
+def _cases():
+    for name in sorted(SOLVERS):
+        opts, schedule = _defaults(name)
+        for extra in [{}] + VARIANTS.get(name, []):
+            label = "-".join(f"{k}={v}" for k, v in extra.items()) or "default"
+            yield pytest.param(name, {**opts, **extra}, schedule, id=f"{name}-{label}")
+
+
+@pytest.mark.parametrize("name,opts,schedule", list(_cases()))
+def test_every_budget(name, opts, schedule):
+    spec = get_solver(name)
+    solver_opts = {k: v for k, v in opts.items() if k != "name"}
+    minimum = spec.min_nfe(**solver_opts)
+    assert 1 <= minimum <= MAX_NFE
+    for nfe in range(1, MAX_NFE + 1):
+        cfg = {"nfe": nfe, "num_samples": 3, "batch_size": 3, "seed": 0, "sample_offset": 0, "t_end": None,
+               "dtype": "float64", "model": dict(MODEL), "solver": dict(opts), "schedule": dict(schedule)}
+        if nfe < minimum:
+            with pytest.raises(NfebenchError):
+                plan(cfg)
+            continue
+        model, spec, solver_opts, ts, dtype = plan(cfg)
+        steps = len(ts) - 1
+        assert spec.cost(steps, **solver_opts) <= nfe
+        out = []
+        counted, _ = sample_batches(cfg, model, spec, solver_opts, ts, dtype, torch.device("cpu"),
+                                    lambda x, x_start, idx: out.append(x))
+        assert counted == spec.cost(steps, **solver_opts) <= nfe, f"nfe={nfe}"
+        assert torch.isfinite(out[0]).all() and out[0].shape == (3, 1, 4, 4)
+        if spec.describe is not None:
+            assert isinstance(spec.describe(steps, **solver_opts), dict)
