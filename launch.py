@@ -5,7 +5,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from launch.cli import check_group_overrides, fail
+from launch.cli import check_overrides, fail
 from sampling.errors import NfebenchError
 
 
@@ -23,7 +23,7 @@ def main(cfg):
 
 if __name__ == "__main__":
     try:
-        check_group_overrides(sys.argv[1:])
+        check_overrides(sys.argv[1:])
     except NfebenchError as err:
         fail(err)
     main()

@@ -16,19 +16,47 @@ def config_groups() -> dict[str, list[str]]:
             for d in sorted(CONFIGS.rglob("*")) if d.is_dir() and any(d.glob("*.yaml"))}
 
 
-def check_group_overrides(argv: list[str]) -> None:
-    """Reject unknown config-group options before Hydra prints a multi-line report."""
+def _one_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return " ".join(lines[:2])
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Reject bad overrides before Hydra prints a multi-line report.
+
+    Unknown group options get the list of valid ones; anything else Hydra would refuse (an
+    unknown key, a malformed value) is found by composing the config once, with the first
+    value of every sweep.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except HydraException as err:
+        raise NfebenchError(f"cannot parse overrides: {_one_line(err)}") from None
     groups = config_groups()
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
+    single = []
+    for o in parsed:
+        if o.key_or_group.startswith("hydra"):
             continue
-        key, value = arg.split("=", 1)
-        key = key.lstrip("+~")
-        if key not in groups or value.startswith(("choice(", "range(", "glob(")):
-            continue
-        for v in value.split(","):
-            if v not in groups[key]:
-                raise NfebenchError(f"unknown {key} '{v}'; valid: {', '.join(groups[key])}")
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else None
+        if o.key_or_group in groups:
+            for v in values or [o.get_value_element_as_str()]:
+                if v not in groups[o.key_or_group]:
+                    raise NfebenchError(f"unknown {o.key_or_group} '{v}'; valid: {', '.join(groups[o.key_or_group])}")
+        if values:
+            prefix = o.input_line[: o.input_line.index(o.key_or_group)]
+            single.append(f"{prefix}{o.key_or_group}={values[0]}")
+        else:
+            single.append(o.input_line)
+    try:
+        with initialize_config_dir(str(CONFIGS), version_base=None):
+            compose("config", overrides=single)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise NfebenchError(_one_line(err)) from None
 
 
 def fail(err: Exception) -> None:

@@ -5,6 +5,7 @@ failed run never leaves a record behind.
 """
 from __future__ import annotations
 
+import inspect
 import io
 import math
 import time
@@ -62,6 +63,7 @@ def plan(cfg: dict):
 
     solver_opts = dict(cfg["solver"])
     spec = get_solver(solver_opts.pop("name", None))
+    _check_solver_options(spec, solver_opts, nfe)
     grid_opts = dict(cfg["schedule"])
     grid_name = grid_opts.pop("name", None)
     if grid_name == "explicit":
@@ -75,6 +77,18 @@ def plan(cfg: dict):
     if cost > nfe:
         raise NfebenchError(f"solver '{spec.name}' needs {cost} NFE for {steps} steps but the budget is nfe={nfe}")
     return model, spec, solver_opts, ts, DTYPES[dtype_name]
+
+
+def _check_solver_options(spec, opts: dict, nfe: int) -> None:
+    """Unknown or ill-typed solver options fail here, in one line, not deep inside the loop."""
+    try:
+        inspect.signature(spec.fn).bind(None, None, None, None, None, **opts)
+        steps = max(spec.steps(nfe, **opts), 1)
+        spec.cost(steps, **opts)
+        if spec.describe:
+            spec.describe(steps, **opts)
+    except (TypeError, ValueError) as err:
+        raise NfebenchError(f"bad options for solver '{spec.name}' {opts}: {err}") from None
 
 
 def _final_denoise_cost(cfg) -> int:
