@@ -180,7 +180,7 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
                      "edm_sigma_grid": [float(s) for s in model.noise.edm_sigma(ts)]},
         "nfe": {"requested": cfg["nfe"], "counted": counted},
         "metrics": results,
-        "metrics_protocol": suite.protocol(),
+        "metrics_protocol": {**suite.protocol(), "denoise_to_zero": bool(cfg.get("denoise_to_zero"))},
         "samples": {"num_samples": cfg["num_samples"], "seed": cfg["seed"], "index_range": [first, first + cfg["num_samples"]],
                     "batch_size": cfg["batch_size"], "dtype": str(dtype).replace("torch.", ""), "device": str(device)},
         "timing": {"total_s": total_s, "model_s": model_s, "rest_s": total_s - model_s},
