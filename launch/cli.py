@@ -16,6 +16,25 @@ def config_groups() -> dict[str, list[str]]:
             for d in sorted(CONFIGS.rglob("*")) if d.is_dir() and any(d.glob("*.yaml"))}
 
 
+# Hydra flags that take a value in the next argument (that value is not an override).
+FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                    "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+
+
+def overrides_only(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            if "=" not in a:
+                continue
+        if a.startswith("-"):
+            skip = a in FLAGS_WITH_VALUE
+            continue
+        out.append(a)
+    return out
+
+
 def _one_line(err: Exception) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     return " ".join(lines[:2])
@@ -34,7 +53,7 @@ def check_overrides(argv: list[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+        parsed = OverridesParser.create().parse_overrides(overrides_only(argv))
     except HydraException as err:
         raise NfebenchError(f"cannot parse overrides: {_one_line(err)}") from None
     groups = config_groups()

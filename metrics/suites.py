@@ -10,6 +10,7 @@ from __future__ import annotations
 from sampling.errors import NfebenchError
 
 from .exact import ExactMetrics
+from .fid import FIDMetrics
 
 
 class NoMetrics:
@@ -32,7 +33,7 @@ class NoMetrics:
         return {"suite": "none"}
 
 
-METRIC_SUITES = {"exact": ExactMetrics, "none": NoMetrics}
+METRIC_SUITES = {"exact": ExactMetrics, "none": NoMetrics, "fid": FIDMetrics}
 
 
 def build_metrics(cfg: dict, model, t_start: float, t_end: float):
