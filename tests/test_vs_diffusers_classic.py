@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
+import diffusers  # noqa: E402,F401  (a test dependency: missing must fail, not skip)
 from diffusers import DDPMScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler, UNet2DModel  # noqa: E402
 from diffusers.schedulers import scheduling_ddpm  # noqa: E402
 

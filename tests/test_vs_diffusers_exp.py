@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
+import diffusers  # noqa: E402  (a test dependency: missing must fail, not skip)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers DEIS vs numpy 2
 
 from models.counter import CountedDenoiser  # noqa: E402
