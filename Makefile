@@ -7,7 +7,7 @@ TORCH   ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 
-.PHONY: install run test clean
+.PHONY: install run test clean bench
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Metric pipeline throughput and memory (1k vs 10k samples) -> results/bench/metrics.{json,md}
+bench: $(STAMP)
+	$(PY) -m metrics.bench
 
 clean:
 	rm -rf runs sweeps outputs multirun .pytest_cache

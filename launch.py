@@ -6,24 +6,40 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from launch.cli import check_overrides, fail
+from launch.launchers import check_launcher_overrides
 from sampling.errors import NfebenchError
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="config")
 def main(cfg):
-    from launch.run import run_experiment, summary_line
+    from launch.resume import SKIPPED, find_complete, identity
+    from launch.tracking import check_mode, log_run
 
-    out_dir = HydraConfig.get().runtime.output_dir
+    hc = HydraConfig.get()
+    out_dir = hc.runtime.output_dir
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    # identity() drops run-control keys, so the record's config_hash is what find_complete looks for
+    if cfg_dict.get("skip_complete") and (done := find_complete(cfg_dict, hc.sweep.dir if hc.mode.name == "MULTIRUN" else out_dir)):
+        print(f"skipped (complete record with the same config hash): {done}", flush=True)
+        return SKIPPED
+    from launch.run import run_experiment, summary_line  # torch: only for runs that really run
+
     try:
-        record = run_experiment(OmegaConf.to_container(cfg, resolve=True), out_dir)
+        check_mode(cfg_dict.get("wandb"))
+        record = run_experiment(identity(cfg_dict), out_dir)
     except NfebenchError as err:
+        if hc.mode.name == "MULTIRUN":
+            raise  # the launcher counts this run as failed and the sweep goes on
         fail(err)
     print(summary_line(record, out_dir), flush=True)
+    log_run(record, cfg_dict.get("wandb"), out_dir)  # after the record: tracking never costs a result
+    return "done"
 
 
 if __name__ == "__main__":
     try:
         check_overrides(sys.argv[1:])
+        check_launcher_overrides(sys.argv[1:])
     except NfebenchError as err:
         fail(err)
     main()

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metrics.suites import build_metrics
+from metrics.sample_writer import sample_writer
+from metrics.suites import build_metrics, metrics_config
 from models.counter import CountedDenoiser
 from models.registry import build_model
 from models.thresholding import Thresholded
@@ -57,13 +58,14 @@ def plan(cfg: dict):
     model_cfg.pop("dtype", None)
     if dtype_name not in DTYPES:
         raise NfebenchError(f"dtype must be one of {', '.join(DTYPES)}; got '{dtype_name}'")
-    model = build_model(model_cfg)
-    if cfg.get("dynamic_thresholding", {}).get("enabled"):
-        model = Thresholded(model, **{k: v for k, v in cfg["dynamic_thresholding"].items() if k != "enabled"})
-
+    # Solver options first: a typo must not wait for a large checkpoint to load.
     solver_opts = dict(cfg["solver"])
     spec = get_solver(solver_opts.pop("name", None))
     _check_solver_options(spec, solver_opts, nfe)
+
+    model = build_model(model_cfg)
+    if cfg.get("dynamic_thresholding", {}).get("enabled"):
+        model = Thresholded(model, **{k: v for k, v in cfg["dynamic_thresholding"].items() if k != "enabled"})
     grid_opts = dict(cfg["schedule"])
     grid_name = grid_opts.pop("name", None)
     if grid_name == "explicit":
@@ -105,17 +107,31 @@ def _nonfinite_message(counter: CountedDenoiser) -> str:
             f"(t={counter.times[k - 1]:.6g})")
 
 
-def sample_batches(cfg: dict, model, spec, solver_opts, ts, dtype, device, on_batch):
-    """Run the solver over all sample indices; on_batch(samples, x_start, indices) sees each batch."""
+def _progress(batches, desc: str, **kw):
+    """tqdm over the batch loop; silent when stderr is not a terminal (logs, SLURM, CI)."""
+    from tqdm import tqdm
+
+    return tqdm(batches, desc=desc, disable=None, leave=False, dynamic_ncols=True, **kw)
+
+
+def sample_batches(cfg: dict, model, spec, solver_opts, ts, dtype, device, on_batch, stats: dict | None = None):
+    """Run the solver over all sample indices; on_batch(samples, x_start, indices) sees each batch.
+
+    Latent models' samples are decoded (model.decode) before on_batch; decoding is not an NFE.
+    `stats`, if given, receives network_evals (network batch evaluations per batch) and decode_s.
+    """
     noise, nfe = model.noise, cfg["nfe"]
     first, n, bs = cfg["sample_offset"], cfg["num_samples"], cfg["batch_size"]
     sigma_start = float(noise.sigma(ts[0]))
     counted, model_s = set(), 0.0
-    for lo in range(first, first + n, bs):
+    evals, decode_s = set(), 0.0
+    for lo in _progress(range(first, first + n, bs), "sampling", unit="batch"):
         idx = range(lo, min(lo + bs, first + n))
         rng = SampleNoise(cfg["seed"], idx, model.shape, dtype=dtype, device=device)
         x_start = sigma_start * rng.draw()
-        counter = CountedDenoiser(model, budget=nfe)
+        # Per-sample conditioning (class labels) depends on (seed, i) only; the counter binds it.
+        cond = model.conditions(cfg["seed"], idx) if hasattr(model, "conditions") else None
+        counter = CountedDenoiser(model, budget=nfe, cond=cond)
         with torch.no_grad():
             x = spec.fn(counter, x_start, ts, noise, rng, **solver_opts)
             if cfg.get("denoise_to_zero"):
@@ -123,10 +139,17 @@ def sample_batches(cfg: dict, model, spec, solver_opts, ts, dtype, device, on_ba
         if not bool(torch.isfinite(x).all()):
             raise NfebenchError(_nonfinite_message(counter))
         counted.add(counter.count)
+        evals.add(counter.network_evals)
         model_s += counter.seconds
+        if hasattr(model, "decode"):
+            t_dec = time.perf_counter()
+            x = model.decode(x)
+            decode_s += time.perf_counter() - t_dec
         on_batch(x, x_start, idx)
     if len(counted) != 1:
         raise NfebenchError(f"solver spent a different number of model evaluations per batch: {sorted(counted)}")
+    if stats is not None:
+        stats.update(network_evals=max(evals), decode_s=decode_s)
     return counted.pop(), model_s
 
 
@@ -155,16 +178,25 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     model, spec, solver_opts, ts, dtype = plan(cfg)
     device = _device(cfg.get("device"))
-    suite = build_metrics(cfg["metrics"], model, float(ts[0]), float(ts[-1]))
+    suite = build_metrics(metrics_config(cfg), model, float(ts[0]), float(ts[-1]))
+    save = sample_writer(cfg.get("save_samples"), out_dir)
     keep = []
 
     def on_batch(x, x_start, idx):
-        suite.update(x, x_start)
+        suite.update(x, x_start, indices=idx)
+        if save:
+            save(x, idx)
         if sum(len(k) for k in keep) < cfg.get("grid_images", 64):
             keep.append(x[: cfg.get("grid_images", 64)].cpu())
 
-    counted, model_s = sample_batches(cfg, model, spec, solver_opts, ts, dtype, device, on_batch)
-    results = suite.result()
+    stats = {}
+    try:
+        counted, model_s = sample_batches(cfg, model, spec, solver_opts, ts, dtype, device, on_batch, stats)
+        results = suite.result()
+    except BaseException:
+        if save:
+            save.discard()
+        raise
     total_s = time.perf_counter() - t0
     steps = len(ts) - 1
     first = cfg["sample_offset"]
@@ -178,18 +210,23 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
                    **(spec.describe(steps, **solver_opts) if spec.describe else {})},
         "schedule": {**dict(cfg["schedule"]), "t_grid": [float(t) for t in ts],
                      "edm_sigma_grid": [float(s) for s in model.noise.edm_sigma(ts)]},
-        "nfe": {"requested": cfg["nfe"], "counted": counted},
+        "nfe": {"requested": cfg["nfe"], "counted": counted, "network_evals": stats["network_evals"]},
         "metrics": results,
-        "metrics_protocol": {**suite.protocol(), "denoise_to_zero": bool(cfg.get("denoise_to_zero"))},
+        "metrics_protocol": {**suite.protocol(), "denoise_to_zero": bool(cfg.get("denoise_to_zero")),
+                             "seed": cfg["seed"], "index_range": [first, first + cfg["num_samples"]],
+                             "save_samples": cfg.get("save_samples") or False},
         "samples": {"num_samples": cfg["num_samples"], "seed": cfg["seed"], "index_range": [first, first + cfg["num_samples"]],
                     "batch_size": cfg["batch_size"], "dtype": str(dtype).replace("torch.", ""), "device": str(device)},
-        "timing": {"total_s": total_s, "model_s": model_s, "rest_s": total_s - model_s},
+        "timing": {"total_s": total_s, "model_s": model_s, "decode_s": stats["decode_s"],
+                   "rest_s": total_s - model_s - stats["decode_s"]},
         "versions": versions(),
         "git": git_state(),
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / STATE_NAME, _npz(suite.state()))
+    if save:
+        save.commit()
     if keep:
         atomic_write_bytes(out_dir / "samples.png", _png_grid(torch.cat(keep)[: cfg.get("grid_images", 64)]))
     atomic_write_json(out_dir / RECORD_NAME, record)

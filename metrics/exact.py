@@ -28,7 +28,7 @@ class ExactMetrics:
         self.moments = RunningMoments(math.prod(model.shape))
         self.sq_err, self.count = 0.0, 0
 
-    def update(self, samples, x_start):
+    def update(self, samples, x_start, indices=None):
         self.moments.update(samples.detach().cpu().double().reshape(len(samples), -1).numpy())
         if self.with_ode:
             ref = self.model.ode_solution(x_start, self.t_start, self.t_end)

@@ -1,7 +1,8 @@
 """Reference statistics (mu, sigma) for FID: a user's npz, or an image folder computed once and cached.
 
 The cache key is sha256 of (extractor name + weights sha256, reference content hash, resize
-mode), so a changed file, extractor or resize never reuses stale statistics. Each cache file
+mode, and the size of the kept feature subset when KID or precision/recall need one), so a
+changed file, extractor or resize never reuses stale statistics. Each cache file
 stores a checksum of its own arrays; a truncated or corrupt file is detected and rebuilt.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sampling.errors import NfebenchError
 
 from .features import file_sha256
 from .moments import RunningMoments
+from .subset import FeatureSubset
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 DEFAULT_CACHE = "~/.cache/nfebench/fid_stats"
@@ -30,10 +32,10 @@ def cache_dir(path: str | None) -> Path:
     return d
 
 
-def _checksum(mu, sigma, n) -> str:
+def _checksum(arrays: dict) -> str:
     h = hashlib.sha256()
-    for a in (np.ascontiguousarray(mu, np.float64), np.ascontiguousarray(sigma, np.float64), np.int64(n)):
-        h.update(np.asarray(a).tobytes())
+    for k in sorted(arrays):
+        h.update(k.encode() + np.ascontiguousarray(arrays[k]).tobytes())
     return h.hexdigest()
 
 
@@ -43,13 +45,15 @@ def load_npz_reference(path) -> dict:
         with np.load(p) as z:
             mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
             n = int(z["n"]) if "n" in z.files else None
+            # optional reference features (N x d) for KID / precision-recall
+            extra = {"subset_feats": np.asarray(z["features"], np.float32)} if "features" in z.files else {}
     except FileNotFoundError:
         raise NfebenchError(f"FID reference statistics not found: {p}") from None
     except Exception as err:
         raise NfebenchError(f"cannot read FID reference {p} (needs arrays 'mu' and 'sigma'): {err}") from None
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise NfebenchError(f"FID reference {p}: mu {mu.shape} and sigma {sigma.shape} do not match")
-    return {"mu": mu, "sigma": sigma, "n": n, "id": f"npz:{p.resolve()}", "sha256": file_sha256(p)}
+    return {"mu": mu, "sigma": sigma, "n": n, "id": f"npz:{p.resolve()}", "sha256": file_sha256(p), **extra}
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -75,42 +79,68 @@ def _load_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(a / 127.5 - 1)
 
 
-def _stream_stats(extractor, files, batch: int) -> RunningMoments:
+def _stream_stats(extractor, images, batch: int, subset_size: int = 0):
+    """Moments (and a bounded feature subset) of an iterable of (index, image in [-1, 1])."""
     moments = RunningMoments(extractor.feature_dim)
+    subset = FeatureSubset(subset_size, extractor.feature_dim) if subset_size else None
     group: list = []
+    where: list = []
 
     def flush():
         if group:
-            feats, _ = extractor(torch.stack(group))
-            moments.update(feats.double().cpu().numpy())
+            feats = extractor(torch.stack(group))[0].double().cpu().numpy()
+            moments.update(feats)
+            if subset is not None:
+                subset.update(where, feats)
             group.clear()
+            where.clear()
 
-    for f in files:
-        img = _load_image(f)
+    for i, img in images:
         # Only same-sized images can share a batch; the extractor resizes each to its input size.
         if group and (img.shape != group[0].shape or len(group) >= batch):
             flush()
         group.append(img)
+        where.append(i)
     flush()
-    return moments
+    return moments, subset
 
 
-def folder_reference(extractor, folder, cache: str | None = None, batch: int = 50) -> dict:
+def cache_key(extractor, reference_id: str, subset_size: int) -> str:
+    src = {"extractor": extractor.name, "extractor_sha256": extractor.sha256, "reference": reference_id,
+           "resize_mode": extractor.resize_mode, "input_range": list(extractor.input_range)}
+    if subset_size:  # a cache entry without features cannot serve KID / precision-recall
+        src["feature_subset"] = int(subset_size)
+    return hashlib.sha256(json.dumps(src, sort_keys=True).encode()).hexdigest()
+
+
+def cached_stats(extractor, reference_id: str, images, cache: str | None, batch: int = 50,
+                 subset_size: int = 0) -> dict:
+    """Statistics of an image source, computed once per (extractor, source, resize, subset) key.
+
+    ``images`` is a zero-argument callable returning an iterable of (index, image): it is only
+    called on a cache miss, so a cached reference needs neither its images nor a download.
+    """
+    path = cache_dir(cache) / f"{cache_key(extractor, reference_id, subset_size)}.npz"
+    cached = _read_cache(path)
+    if cached is not None and (not subset_size or "subset_feats" in cached):
+        return {**cached, "cache_file": str(path), "cache": "hit"}
+    from tqdm import tqdm
+
+    # 50k reference images take a while: a bar on a terminal, silent in logs (disable=None)
+    progress = tqdm(images(), desc="reference features", unit="img", disable=None, leave=False)
+    m, subset = _stream_stats(extractor, progress, batch, subset_size)
+    arrays = {"mu": m.mean, "sigma": m.cov(), "n": np.int64(m.n), **(subset.state() if subset else {})}
+    _write_cache(path, arrays)
+    return {**arrays, "n": m.n, "cache_file": str(path), "cache": "built"}
+
+
+def folder_reference(extractor, folder, cache: str | None = None, batch: int = 50, subset_size: int = 0) -> dict:
     folder = Path(folder).expanduser().resolve()
     files = image_files(folder)
     ref_hash = folder_hash(folder, files)
-    key_src = {"extractor": extractor.name, "extractor_sha256": extractor.sha256, "reference": ref_hash,
-               "resize_mode": extractor.resize_mode, "input_range": list(extractor.input_range)}
-    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()
-    path = cache_dir(cache) / f"{key}.npz"
-    info = {"id": f"folder:{folder}", "sha256": ref_hash, "cache_file": str(path)}
-    cached = _read_cache(path)
-    if cached is not None:
-        return {**cached, **info, "cache": "hit"}
-    m = _stream_stats(extractor, files, batch)
-    mu, sigma = m.mean, m.cov()
-    _write_cache(path, mu, sigma, m.n)
-    return {"mu": mu, "sigma": sigma, "n": m.n, **info, "cache": "built"}
+    stats = cached_stats(extractor, ref_hash, lambda: ((i, _load_image(f)) for i, f in enumerate(files)),
+                         cache, batch, subset_size)
+    return {**stats, "id": f"folder:{folder}", "sha256": ref_hash}
 
 
 def _read_cache(path: Path) -> dict | None:
@@ -119,17 +149,18 @@ def _read_cache(path: Path) -> dict | None:
         return None
     try:
         with np.load(path) as z:
-            mu, sigma, n, check = z["mu"], z["sigma"], int(z["n"]), str(z["checksum"])
+            arrays = {k: z[k] for k in z.files}
+        check = str(arrays.pop("checksum"))
     except Exception:
         return None
-    if _checksum(mu, sigma, n) != check:
+    if _checksum(arrays) != check or "mu" not in arrays or "sigma" not in arrays:
         return None
-    return {"mu": mu, "sigma": sigma, "n": n}
+    return {**arrays, "n": int(arrays["n"])}
 
 
-def _write_cache(path: Path, mu, sigma, n) -> None:
+def _write_cache(path: Path, arrays: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, mu=mu, sigma=sigma, n=np.int64(n), checksum=np.asarray(_checksum(mu, sigma, n)))
+        np.savez(f, **arrays, checksum=np.asarray(_checksum(arrays)))
     os.replace(tmp, path)  # atomic: concurrent jobs see the old file or the whole new one

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from sampling.errors import NfebenchError
 
+from .clean_fid import CleanFidMetrics
 from .exact import ExactMetrics
 from .fid import FIDMetrics
+from .fid_is import FidIsMetrics
 
 
 class NoMetrics:
     def __init__(self, model, t_start, t_end):
         pass
 
-    def update(self, samples, x_start):
+    def update(self, samples, x_start, indices=None):
         pass
 
     def state(self) -> dict:
@@ -33,7 +35,27 @@ class NoMetrics:
         return {"suite": "none"}
 
 
-METRIC_SUITES = {"exact": ExactMetrics, "none": NoMetrics, "fid": FIDMetrics}
+METRIC_SUITES = {"exact": ExactMetrics, "none": NoMetrics, "fid": FIDMetrics, "fid_is": FidIsMetrics,
+                 "clean_fid": CleanFidMetrics}
+FID_SUITES = ("fid", "fid_is", "clean_fid")
+
+
+def metrics_config(cfg: dict) -> dict:
+    """cfg["metrics"], with the model's default FID reference filled in when none is given.
+
+    An image model config may carry ``fid_reference: {name, num_samples}``: ``name`` becomes
+    ``metrics.reference`` when that is null, and ``num_samples`` (the sample count of the
+    published protocol, e.g. 50000) is recorded as ``protocol_num_samples`` (configs/config.yaml
+    also takes it as the default ``num_samples``): a record whose count differs says so.
+    """
+    mcfg = dict(cfg["metrics"])
+    default = (cfg.get("model") or {}).get("fid_reference")
+    if mcfg.get("name") in FID_SUITES and default:
+        if mcfg.get("reference") is None:
+            mcfg["reference"] = default.get("name")
+        if mcfg.get("protocol_num_samples") is None:
+            mcfg["protocol_num_samples"] = default.get("num_samples")
+    return mcfg
 
 
 def build_metrics(cfg: dict, model, t_start: float, t_end: float):

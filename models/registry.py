@@ -29,11 +29,44 @@ def _digits(noise, std=0.1, prediction="x0", ode_rtol=1e-8):
     return Digits(noise, std, prediction, ode_rtol)
 
 
+@register_family("diffusers_unet")
+def _diffusers_unet(noise, **cfg):
+    from .loaders import build_unet
+
+    return build_unet(noise, **cfg)
+
+
+@register_family("diffusers_ldm")
+def _diffusers_ldm(noise, **cfg):
+    from .loaders import build_ldm
+
+    return build_ldm(noise, **cfg)
+
+
+@register_family("diffusers_dit")
+def _diffusers_dit(noise, **cfg):
+    from .loaders import build_dit
+
+    return build_dit(noise, **cfg)
+
+
+@register_family("edm_pickle")
+def _edm_pickle(noise, **cfg):
+    from .loaders import edm_pickle
+
+    return edm_pickle(noise, **cfg)
+
+
+# Keys of a model config that describe how it is evaluated, not how it is built.
+NOT_BUILD_KEYS = ("name", "dtype", "fid_reference", "training")
+
+
 def build_model(cfg: dict):
     """cfg: the resolved `model` config (family, noise_schedule, family-specific keys)."""
     cfg = dict(cfg)
     family = cfg.pop("family", None)
-    cfg.pop("name", None)
+    for key in NOT_BUILD_KEYS:
+        cfg.pop(key, None)
     if family not in MODEL_FAMILIES:
         raise NfebenchError(f"unknown model family '{family}'; valid: {', '.join(sorted(MODEL_FAMILIES))}")
     noise = make_noise_schedule(**dict(cfg.pop("noise_schedule")))

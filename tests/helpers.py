@@ -1,6 +1,10 @@
 """Small shared builders for the tests."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -40,3 +44,25 @@ def fitted_order(model, solver, nfes, cost=lambda n: n, **kw) -> float:
     slope = np.polyfit(np.log([cost(s) for s in steps]), np.log(errs), 1)[0]
     return -float(slope)
 
+
+
+class ImageSet(torch.utils.data.Dataset):
+    """A tensor of images as the Dataset torch-fidelity's calculate_metrics takes."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launch(*args, cwd=REPO, env=None, timeout=300):
+    """`python launch.py *args` in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)

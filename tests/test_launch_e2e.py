@@ -5,14 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import launch
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["num_samples=40", "batch_size=16"]
-
-
-def launch(*args, cwd=REPO):
-    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
 
 
 def test_default_experiment_writes_a_complete_record(tmp_path):
@@ -22,7 +18,7 @@ def test_default_experiment_writes_a_complete_record(tmp_path):
     assert rec["status"] == "complete"
     assert rec["model"]["name"] == "digits" and rec["solver"]["name"] == "dpmpp"
     assert rec["solver"]["options"]["order"] == 2 and rec["config"]["metrics"]["name"] == "exact"
-    assert rec["nfe"] == {"requested": 10, "counted": 10}
+    assert rec["nfe"] == {"requested": 10, "counted": 10, "network_evals": 10}
     assert rec["samples"]["index_range"] == [0, 40] and rec["samples"]["seed"] == 0
     assert set(rec["metrics"]) == {"fd_pixel", "ode_rmse"} and rec["metrics"]["ode_rmse"] > 0
     assert rec["timing"]["model_s"] > 0 and rec["timing"]["total_s"] >= rec["timing"]["model_s"]

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import ImageSet
 from metrics import features
 from metrics.features import Extractor, build_extractor, file_sha256, register_extractor
-from metrics.fid import FIDMetrics, inception_score, reference_stats
+from metrics.fid import inception_score, reference_stats
 from metrics.fidcache import folder_reference
 from metrics.frechet import frechet_distance
 from metrics.suites import build_metrics
@@ -221,7 +222,7 @@ def test_launch_end_to_end_with_tiny_extractor(tmp_path):
     assert 0 < fid < 10 and 1 < rec["metrics"]["inception_score"] <= 10
     assert proto["extractor"]["sha256"] == ext.sha256 and proto["num_samples"] == 200
     assert proto["reference"]["sha256"] == file_sha256(ref_path) and "bilinear" in proto["resize_mode"]
-    assert proto["implementation"].startswith("nfebench streaming") and proto["feature_extraction_s"] > 0
+    assert proto["implementation"]["name"].startswith("nfebench streaming") and proto["feature_extraction_s"] > 0
     with np.load(out / "metric_state.npz") as st:  # the shard state alone reproduces the number
         cov = st["m2"] / (int(st["n"]) - 1)
         assert frechet_distance(st["mean"], cov, ref["mu"], ref["sigma"]) == pytest.approx(fid, rel=1e-12)
@@ -255,17 +256,6 @@ def test_real_fid_helper_inception_on_digits_samples(tmp_path):
     assert fids["samples"] < 0.8 * fids["noise"]  # digit-like samples sit far closer to real digits than noise
 
 
-class _ImageSet(torch.utils.data.Dataset):
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i]
-
-
 def test_torch_fidelity_on_the_same_features_agrees_with_the_streaming_suite(tmp_path):
     """torch-fidelity's own FID (np.cov + scipy sqrtm) and ISC (1 split) on nfebench's tiny extractor."""
     import torch_fidelity
@@ -275,7 +265,7 @@ def test_torch_fidelity_on_the_same_features_agrees_with_the_streaming_suite(tmp
     a = (torch.rand(120, 3, 8, 8, generator=g) * 255).round().to(torch.uint8)
     b = (torch.rand(100, 3, 8, 8, generator=g) * 200).round().to(torch.uint8)
     theirs = torch_fidelity.calculate_metrics(
-        input1=_ImageSet(a), input2=_ImageSet(b), fid=True, isc=True, isc_splits=1, cuda=False, cache=False,
+        input1=ImageSet(a), input2=ImageSet(b), fid=True, isc=True, isc_splits=1, cuda=False, cache=False,
         verbose=False, batch_size=50, feature_extractor=register_with_torch_fidelity("tiny"))
     ref = reference_stats(build_extractor("tiny"), b.double() / 127.5 - 1)
     s = suite(npz_ref(tmp_path / "r.npz", ref["mu"], ref["sigma"]))

@@ -1,0 +1,117 @@
+"""launcher=slurm: one SLURM job array per sweep through submitit, waited on with deadlines.
+
+Submission and the per-task body are hydra-submitit-launcher's (its `__call__` runs the job in
+the allocation; its `checkpoint` resubmits the same run from scratch after a timeout or a
+preemption, up to max_num_timeout timeouts). This class replaces only the waiting: every task
+is waited for (one failure does not abandon the others), a task SLURM forgot about counts as
+failed instead of being waited on for ever, and the sweep ends with a summary.
+"""
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from omegaconf import OmegaConf
+
+from .summary import print_summary
+
+log = logging.getLogger(__name__)
+
+
+def _failed(overrides: List[str], err: BaseException) -> JobReturn:
+    ret = JobReturn(overrides=overrides, status=JobStatus.FAILED)
+    ret.return_value = err
+    return ret
+
+
+def queued_ids(array_ids: set[str]) -> Optional[set[str]]:
+    """Task ids (ARRAY_TASK form) SLURM still lists, or None when squeue cannot answer."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(sorted(array_ids)), "-o", "%i"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        # squeue fails on ids it has already purged; that is "none listed", not "no answer"
+        return set() if "Invalid job id" in out.stderr else None
+    return set(out.stdout.split())
+
+
+class NfebenchSlurmLauncher(SlurmLauncher):
+    def __init__(self, max_wait_min: Optional[float] = None, lost_after_s: float = 120.0, poll_s: float = 2.0,
+                 **params: Any) -> None:
+        super().__init__(**params)
+        self.max_wait_s = None if max_wait_min is None else float(max_wait_min) * 60
+        self.lost_after_s, self.poll_s = float(lost_after_s), float(poll_s)
+
+    def _executor(self):
+        import submitit
+
+        p = dict(self.params)
+        executor = submitit.AutoExecutor(folder=p.pop("submitit_folder"), cluster="slurm",
+                                         slurm_max_num_timeout=p.pop("max_num_timeout"))
+        generic = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in generic else f"slurm_{k}": v for k, v in p.items()})
+        return executor
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info(f"Submitting {len(job_overrides)} runs as a SLURM job array; sweep dir {sweep_dir}")
+        args = []
+        for i, overrides in enumerate(job_overrides):
+            log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
+            args.append((list(overrides), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{initial_job_idx + i}",
+                         Singleton.get_state()))
+        jobs = self._executor().map_array(self, *zip(*args))
+        log.info(f"SLURM job array {jobs[0].job_id.split('_')[0]}; logs in {jobs[0].paths.folder.parent}")
+        rets = self._wait(jobs, [a[0] for a in args])
+        print_summary(rets, [str(j.paths.stderr) for j in jobs])
+        return rets
+
+    def _wait(self, jobs, overrides) -> List[JobReturn]:
+        rets: List[Optional[JobReturn]] = [None] * len(jobs)
+        deadline = None if self.max_wait_s is None else time.monotonic() + self.max_wait_s
+        unlisted_since: dict[int, float] = {}
+        arrays = {j.job_id.split("_")[0] for j in jobs}
+        while any(r is None for r in rets):
+            open_ = [i for i, r in enumerate(rets) if r is None]
+            listed = queued_ids(arrays)
+            now = time.monotonic()
+            for i in open_:
+                job = jobs[i]
+                if job.done():
+                    rets[i] = self._result(job, overrides[i])
+                    continue
+                if listed is None or job.job_id in listed:
+                    unlisted_since.pop(i, None)
+                elif now - unlisted_since.setdefault(i, now) > self.lost_after_s:
+                    if job.done(force_check=True):  # submitit's cached sacct state was just stale
+                        rets[i] = self._result(job, overrides[i])
+                        continue
+                    # e.g. an array task cancelled while pending: accounting may never show it
+                    rets[i] = _failed(overrides[i], RuntimeError(
+                        f"SLURM task {job.job_id} left the queue without a result (state {job.state})"))
+            if deadline is not None and now > deadline:
+                for i in [i for i, r in enumerate(rets) if r is None]:
+                    jobs[i].cancel(check=False)
+                    rets[i] = _failed(overrides[i], TimeoutError(
+                        f"SLURM task {jobs[i].job_id} cancelled: the sweep waited max_wait_min"))
+            if any(r is None for r in rets):
+                time.sleep(self.poll_s)
+        return rets
+
+    @staticmethod
+    def _result(job, overrides) -> JobReturn:
+        try:
+            return job.results()[0]
+        except Exception as err:  # submitit's UncompletedJobError/FailedJobError carry the log tail
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return _failed(overrides, RuntimeError(f"{first} (state {job.state})"))

@@ -1,0 +1,62 @@
+"""Launcher checks that must fail before anything is submitted (one line each)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from sampling.errors import NfebenchError
+
+from .cli import overrides_only
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _overrides(argv: list[str]) -> dict[str, str]:
+    return dict(a.lstrip("+~").split("=", 1) for a in overrides_only(argv) if "=" in a)
+
+
+def slurm_partition(argv: list[str]) -> str | None:
+    """The partition a `launcher=slurm` run will submit to, or None for other launchers."""
+    ov = _overrides(argv)
+    if ov.get("launcher") != "slurm":
+        return None
+    if "hydra.launcher.partition" in ov:
+        return ov["hydra.launcher.partition"]
+    return yaml.safe_load((CONFIGS / "launcher" / "slurm.yaml").read_text())["hydra"]["launcher"]["partition"]
+
+
+def check_partition(name: str) -> None:
+    if shutil.which("sinfo") is None:
+        raise NfebenchError("launcher=slurm needs SLURM's sinfo on PATH (start a cluster: launch/slurm_cluster.sh start)")
+    out = subprocess.run(["sinfo", "-h", "-p", name, "-o", "%P"], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise NfebenchError(f"cannot reach the SLURM controller: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'sinfo failed'}")
+    if not out.stdout.strip():
+        raise NfebenchError(f"SLURM partition '{name}' does not exist (see `sinfo`); set hydra.launcher.partition=...")
+
+
+def check_sweep_dir(argv: list[str]) -> None:
+    """A sweep dir given on the command line must be creatable and writable (tried, not guessed:
+    root passes every os.access check, even on /proc)."""
+    d = _overrides(argv).get("hydra.sweep.dir")
+    if d is None or "${" in d or not {"-m", "--multirun"} & set(argv):
+        return
+    try:
+        Path(d).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=d):
+            pass
+    except OSError as err:
+        raise NfebenchError(f"sweep dir '{d}' is not writable: {err.strerror}") from None
+
+
+def check_launcher_overrides(argv: list[str]) -> None:
+    from .tracking import check_mode
+
+    check_mode({"mode": _overrides(argv).get("wandb.mode", "disabled")})
+    check_sweep_dir(argv)
+    if (part := slurm_partition(argv)) is not None:
+        check_partition(part)

@@ -1,0 +1,30 @@
+"""Skip-complete: runs are found by config hash, not directory; incomplete records never count."""
+import json
+
+from launch.records import config_hash
+from launch.resume import find_complete, identity
+
+CFG = {"model": {"family": "gaussian"}, "solver": {"name": "ddim"}, "nfe": 5, "seed": 0, "skip_complete": True}
+
+
+def _record(path, cfg, status="complete"):
+    path.mkdir(parents=True)
+    (path / "record.json").write_text(json.dumps({"status": status, "config_hash": config_hash(identity(cfg))}))
+    return str(path / "record.json")
+
+
+def test_found_by_hash_whatever_the_directory(tmp_path):
+    where = _record(tmp_path / "renamed" / "anything", CFG)
+    assert find_complete(CFG, tmp_path) == where
+    # how a run is run (skip flag, tracking) is not part of its identity
+    assert find_complete({**CFG, "skip_complete": False}, tmp_path) == where
+    assert find_complete({**CFG, "wandb": {"mode": "offline"}}, tmp_path) == where
+
+
+def test_other_configs_and_incomplete_records_are_not_found(tmp_path):
+    _record(tmp_path / "a", CFG)
+    assert find_complete({**CFG, "nfe": 10}, tmp_path) is None
+    assert find_complete({**CFG, "seed": 1}, tmp_path) is None
+    _record(tmp_path / "b", {**CFG, "nfe": 20}, status="failed")
+    assert find_complete({**CFG, "nfe": 20}, tmp_path) is None
+    assert find_complete(CFG, tmp_path / "missing") is None
