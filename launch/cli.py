@@ -78,6 +78,11 @@ def check_overrides(argv: list[str]) -> None:
         raise NfebenchError(_one_line(err)) from None
 
 
-def fail(err: Exception) -> None:
+def report(err: Exception) -> int:
+    """The one-line error every nfebench command prints; returns the exit status for bad input."""
     print(f"nfebench: error: {err}", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
+    return EXIT_BAD_INPUT
+
+
+def fail(err: Exception) -> None:
+    sys.exit(report(err))

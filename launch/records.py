@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -9,6 +10,8 @@ import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
+
+import numpy as np
 
 RECORD_NAME = "record.json"
 STATE_NAME = "metric_state.npz"  # mergeable metric statistics, written before the record
@@ -27,6 +30,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def npz_bytes(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
 
 
 def atomic_write_json(path: Path, obj) -> None:

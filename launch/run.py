@@ -12,7 +12,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from metrics.sample_writer import sample_writer
@@ -25,7 +24,8 @@ from sampling.registry import get_solver
 from sampling.seeds import SampleNoise
 from sampling.timesteps import make_grid
 
-from .records import RECORD_NAME, STATE_NAME, atomic_write_bytes, atomic_write_json, config_hash, git_state, versions
+from .records import (RECORD_NAME, STATE_NAME, atomic_write_bytes, atomic_write_json, config_hash, git_state, npz_bytes,
+                      versions)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -167,12 +167,6 @@ def _png_grid(images: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def _npz(arrays: dict) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
 def run_experiment(cfg: dict, out_dir: Path) -> dict:
     """cfg is the resolved config as a plain dict; returns the record written to out_dir."""
     t0 = time.perf_counter()
@@ -224,7 +218,7 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / STATE_NAME, _npz(suite.state()))
+    atomic_write_bytes(out_dir / STATE_NAME, npz_bytes(suite.state()))
     if save:
         save.commit()
     if keep:

@@ -29,32 +29,19 @@ def _digits(noise, std=0.1, prediction="x0", ode_rtol=1e-8):
     return Digits(noise, std, prediction, ode_rtol)
 
 
-@register_family("diffusers_unet")
-def _diffusers_unet(noise, **cfg):
-    from .loaders import build_unet
+def _from_loaders(fn_name):
+    # diffusers is imported only when a checkpoint family is actually built
+    def build(noise, **cfg):
+        from . import loaders
 
-    return build_unet(noise, **cfg)
+        return getattr(loaders, fn_name)(noise, **cfg)
 
-
-@register_family("diffusers_ldm")
-def _diffusers_ldm(noise, **cfg):
-    from .loaders import build_ldm
-
-    return build_ldm(noise, **cfg)
+    return build
 
 
-@register_family("diffusers_dit")
-def _diffusers_dit(noise, **cfg):
-    from .loaders import build_dit
-
-    return build_dit(noise, **cfg)
-
-
-@register_family("edm_pickle")
-def _edm_pickle(noise, **cfg):
-    from .loaders import edm_pickle
-
-    return edm_pickle(noise, **cfg)
+for _family, _fn in {"diffusers_unet": "build_unet", "diffusers_ldm": "build_ldm",
+                     "diffusers_dit": "build_dit", "edm_pickle": "edm_pickle"}.items():
+    register_family(_family)(_from_loaders(_fn))
 
 
 # Keys of a model config that describe how it is evaluated, not how it is built.

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from launch.records import atomic_write_bytes, read_records
+from launch.cli import report
 from sampling.errors import NfebenchError
 
 
@@ -76,8 +77,7 @@ def main(argv=None) -> int:
             raise NfebenchError("the records carry no metrics (metrics=none)")
         text = to_markdown(pivot(df, metric), metric)
     except NfebenchError as err:
-        print(f"nfebench: error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     if args.out:
         atomic_write_bytes(args.out, text.encode())
     print(text, end="")

@@ -12,7 +12,6 @@ atomically after its metric_state.npz.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from datetime import datetime, timezone
@@ -20,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from launch.records import RECORD_NAME, STATE_NAME, atomic_write_bytes, atomic_write_json, config_hash, read_records
+from launch.cli import report
+from launch.records import (RECORD_NAME, STATE_NAME, atomic_write_bytes, atomic_write_json, config_hash, npz_bytes,
+                            read_records)
 from sampling.errors import NfebenchError
 
 SHARD_KEYS = ("sample_offset", "num_samples")
@@ -90,12 +91,6 @@ def merge_group(shards: list[dict]) -> tuple[dict, dict]:
     return record, suite.state()
 
 
-def _npz(arrays: dict) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
 def merge_dir(root: Path, out: Path) -> list[Path]:
     out = out.resolve()
     # earlier merges (and anything under out) are results, not shards
@@ -107,7 +102,7 @@ def merge_dir(root: Path, out: Path) -> list[Path]:
         record, state = merge_group(shards)
         d = out / record["config_hash"]
         d.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(d / STATE_NAME, _npz(state))
+        atomic_write_bytes(d / STATE_NAME, npz_bytes(state))
         atomic_write_json(d / RECORD_NAME, record)  # last: a merged record exists only when whole
         written.append(d / RECORD_NAME)
     return written
@@ -123,8 +118,7 @@ def main(argv=None) -> int:
             raise NfebenchError(f"not a directory: {args.root}")
         written = merge_dir(args.root, args.out or args.root / "merged")
     except NfebenchError as err:
-        print(f"nfebench: error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     for path in written:
         rec = json.loads(path.read_text())
         lo, hi = rec["samples"]["index_range"]
