@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from launch.records import atomic_write_bytes
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "bench"
 CASES = [  # (label, suite config, samples, batch)
@@ -135,9 +137,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for name, text in (("metrics.json", json.dumps({"meta": meta, "cases": rows}, indent=2) + "\n"),
                        ("metrics.md", markdown(rows, meta))):
-        tmp = OUT / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, OUT / name)
+        atomic_write_bytes(OUT / name, text.encode())
     print(f"wrote {OUT / 'metrics.json'} and {OUT / 'metrics.md'}")
 
 

@@ -25,7 +25,7 @@ import torch
 
 from sampling.errors import NfebenchError
 
-from .features import EXTRACTORS, Extractor, build_extractor, check_images, file_sha256
+from .features import EXTRACTORS, Extractor, build_extractor, file_sha256, to_uint8
 from .fid import FIDMetrics, _version
 from .fidcache import cache_dir
 
@@ -99,9 +99,7 @@ class CleanFidExtractor(Extractor):
 
     def _arrays(self, x: torch.Tensor) -> torch.Tensor:
         """What clean-fid's ResizeDataset yields for the same images read back from 8-bit PNGs."""
-        u8 = torch.round((check_images(x).detach().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
-        if u8.shape[1] == 1:
-            u8 = u8.repeat(1, 3, 1, 1)
+        u8 = to_uint8(x, rgb=True)
         out = []
         for img in u8.permute(0, 2, 3, 1).cpu().numpy():
             r = self.resizer(img)

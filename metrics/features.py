@@ -69,6 +69,12 @@ def check_images(x) -> torch.Tensor:
     return x
 
 
+def to_uint8(x, rgb: bool = False) -> torch.Tensor:
+    """Images in [-1, 1] as the 8-bit levels a PNG would hold; rgb: grey repeated to three channels."""
+    u8 = torch.round((check_images(x).detach().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
+    return u8.repeat(1, 3, 1, 1) if rgb and u8.shape[1] == 1 else u8
+
+
 class Extractor:
     """Wraps a net with the shared input contract; subclasses set the attributes below."""
     name: str

@@ -19,7 +19,7 @@ import torch
 
 from sampling.errors import NfebenchError
 
-from .features import build_extractor, check_images
+from .features import build_extractor, check_images, to_uint8
 from .references import resolve_reference
 from .frechet import frechet_distance
 from .moments import RunningMoments
@@ -137,7 +137,7 @@ class FIDMetrics:
     def _images(self, x):
         x = x.detach().clamp(-1, 1)
         if self.quantize:
-            x = torch.round((x + 1) * 127.5) / 127.5 - 1
+            x = to_uint8(x).to(x.dtype) / 127.5 - 1
         return x
 
     def update(self, samples, x_start=None, indices=None):

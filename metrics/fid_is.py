@@ -21,7 +21,7 @@ import torch
 
 from sampling.errors import NfebenchError
 
-from .features import EXTRACTORS, Extractor, build_extractor, check_images, file_sha256
+from .features import EXTRACTORS, Extractor, build_extractor, file_sha256, to_uint8
 from .fid import FIDMetrics, _version
 from .fidcache import cache_dir, cached_stats
 
@@ -41,12 +41,6 @@ TF_DATASETS = {
     "stl10-test": ("stl10_binary", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"),
     "stl10-unlabeled": ("stl10_binary", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"),
 }
-
-
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    x = check_images(x)
-    x = torch.round((x.detach().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
-    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
 
 
 class TorchFidelityExtractor(Extractor):
@@ -81,7 +75,7 @@ class TorchFidelityExtractor(Extractor):
 
     @torch.no_grad()
     def __call__(self, x):
-        out = self._net()(_to_uint8(x).cpu())
+        out = self._net()(to_uint8(x, rgb=True).cpu())
         pool = out[0].reshape(len(out[0]), -1)
         return pool, (out[1] if len(out) > 1 else None)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from launch.records import atomic_write_bytes, npz_bytes
 from sampling.errors import NfebenchError
 
 from .features import file_sha256
@@ -160,7 +161,5 @@ def _read_cache(path: Path) -> dict | None:
 
 def _write_cache(path: Path, arrays: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays, checksum=np.asarray(_checksum(arrays)))
-    os.replace(tmp, path)  # atomic: concurrent jobs see the old file or the whole new one
+    # atomic: concurrent jobs see the old file or the whole new one
+    atomic_write_bytes(path, npz_bytes({**arrays, "checksum": np.asarray(_checksum(arrays))}))

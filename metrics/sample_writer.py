@@ -17,17 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from launch.records import atomic_write_bytes
 from sampling.errors import NfebenchError
 
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return torch.round((x.detach().float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8).cpu().numpy()
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+from .features import to_uint8
 
 
 def _png_bytes(img: np.ndarray) -> bytes:
@@ -39,15 +32,15 @@ def _png_bytes(img: np.ndarray) -> bytes:
 
 
 def write_png(folder: Path, x: torch.Tensor, indices) -> None:
-    for img, i in zip(_to_uint8(x), indices):
-        _atomic(folder / f"{i:06d}.png", _png_bytes(img))
+    for img, i in zip(to_uint8(x).cpu().numpy(), indices):
+        atomic_write_bytes(folder / f"{i:06d}.png", _png_bytes(img))
 
 
 def write_npz(folder: Path, x: torch.Tensor, indices) -> None:
     idx = np.asarray(list(indices), np.int64)
     buf = io.BytesIO()
-    np.savez(buf, images=_to_uint8(x), indices=idx)
-    _atomic(folder / f"{idx[0]:06d}-{idx[-1]:06d}.npz", buf.getvalue())
+    np.savez(buf, images=to_uint8(x).cpu().numpy(), indices=idx)
+    atomic_write_bytes(folder / f"{idx[0]:06d}-{idx[-1]:06d}.npz", buf.getvalue())
 
 
 WRITERS = {"png": write_png, "npz": write_npz}

@@ -5,6 +5,8 @@ import os
 import sys
 from pathlib import Path
 
+from launch.records import atomic_write_bytes
+
 
 def _picklable(ret):
     import cloudpickle
@@ -29,9 +31,7 @@ def main(payload: str, result: str) -> None:
     setup_globals()
     ret = run_job(hydra_context=context, task_function=task, config=config,
                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-    tmp = Path(f"{result}.{os.getpid()}.tmp")
-    tmp.write_bytes(_picklable(ret))
-    os.replace(tmp, result)  # the launcher only ever sees a whole result
+    atomic_write_bytes(Path(result), _picklable(ret))  # the launcher only ever sees a whole result
 
 
 if __name__ == "__main__":
