@@ -341,8 +341,9 @@ def display_frame(t: Table, metrics: list[str], tex: bool, letters: dict) -> pd.
 
 
 def unmatched_frame(t: Table) -> pd.DataFrame:
-    rows = [{"solver (published)": p["solver"], "schedule": p["schedule"], "NFE": int(p["nfe"]), "metric": p["metric"],
-             "value": p["value"], "samples": p["n_samples"], "source": f"{p['source']} {p['table']}", "nfebench": lbl}
+    rows = [{"solver (published)": p["solver"], "schedule": "" if pd.isna(p["schedule"]) else p["schedule"], "NFE": int(p["nfe"]), "metric": p["metric"],
+             "value": p["value"],
+             "samples": "" if pd.isna(p["n_samples"]) else int(p["n_samples"]), "source": f"{p['source']} {p['table']}", "nfebench": lbl}
             for p, lbl in t.unmatched]
     return pd.DataFrame(rows)
 
@@ -364,12 +365,13 @@ def tidy_frame(tables: list[Table], metrics: list[str]) -> pd.DataFrame:
                                  "value": rnd(m, mean), "std": rnd(m, std) if std is not None else None,
                                  "seeds": len(vals), "published": None if p is None else float(p["value"]),
                                  "difference": None if p is None else rnd(m, mean - float(p["value"])),
-                                 "marks": " | ".join(marks), "published_source": None if p is None else f"{p['source']} {p['table']}"})
+                                 "marks": " | ".join(marks), "published_solver": None if p is None else p["solver"],
+                                 "published_source": None if p is None else f"{p['source']} {p['table']}"})
         for p, lbl in t.unmatched:
             m = pub.metric_key(p["metric"])
             rows.append({**base, "solver": lbl, "metric": m, "nfe": int(p["nfe"]), "nfe_counted": None, "value": None,
                          "std": None, "seeds": 0, "published": float(p["value"]), "difference": None,
-                         "marks": f"published row with no run here: {p['solver']} ({p['schedule']})",
+                         "marks": "published row with no run here", "published_solver": p["solver"],
                          "published_source": f"{p['source']} {p['table']}"})
     return pd.DataFrame(rows)
 

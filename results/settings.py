@@ -6,6 +6,7 @@ default options never clutter a label), plus the grid's name when it is not the 
 """
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 
 # Top-level keys that do not change a solver's numbers (or are tabulated elsewhere: model = the
@@ -27,8 +28,9 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def compose(overrides: tuple[str, ...]) -> dict | None:
-    """The resolved config for these overrides, or None when this checkout cannot compose them."""
-    return _compose(tuple(overrides))
+    """The resolved config for these overrides (a fresh copy), or None when this checkout cannot compose them."""
+    cfg = _compose(tuple(overrides))
+    return None if cfg is None else copy.deepcopy(cfg)
 
 
 @lru_cache(maxsize=None)
