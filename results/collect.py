@@ -236,9 +236,10 @@ def compare_published(tables: list[Table], metrics: list[str]) -> None:
             hit = None
             if mapped:
                 rows = [r for r in t.rows.values() if r.solver == mapped[0] and solver_part(r.settings) == solver_part(mapped[1])]
-                for r in rows:
-                    r.points.setdefault(metric, []).append((int(p["nfe"]), float(p["value"])))
                 rows.sort(key=lambda r: setup_part(r.settings) != setup_part(mapped[1]))  # same set-up first
+                same = [r for r in rows if setup_part(r.settings) == setup_part(mapped[1])]
+                for r in same or rows:  # the plot draws a published point beside the runs closest to it
+                    r.points.setdefault(metric, []).append((int(p["nfe"]), float(p["value"])))
                 for r in rows:
                     cell = r.cells.get(int(p["nfe"]))
                     if cell and metric not in cell.published and metric in t.metrics:
@@ -380,7 +381,8 @@ def md_table(df: pd.DataFrame, index: bool = True) -> str:
     """A GitHub markdown table (pandas' to_markdown needs the tabulate package, which nfebench does not install)."""
     heads = ([df.index.name or ""] if index else []) + [
         " ".join(str(x) for x in c) if isinstance(c, tuple) else str(c) for c in df.columns]
-    align = (["---"] if index else []) + ["---:" for _ in df.columns]
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+    align = (["---"] if index else []) + ["---:" if n or index else "---" for n in numeric]
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(align) + "|"]
     for key, vals in df.iterrows():
         cells = ["" if (not isinstance(v, str) and pd.isna(v)) else str(v) for v in vals]

@@ -11,12 +11,13 @@ def plot_bytes(tables, metrics: list[str], image_type: str) -> bytes:
 
     matplotlib.use("Agg")  # headless: no display on a cluster node or in CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     from .collect import DISPLAY, stats
     from .settings import label
 
     panels = [(t, m) for t in tables for m in metrics if m in t.metrics]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 3.6 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4 * len(panels)), squeeze=False, layout="constrained")
     try:
         for ax, (t, m) in zip(axes[:, 0], panels):
             colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -38,6 +39,7 @@ def plot_bytes(tables, metrics: list[str], image_type: str) -> bytes:
             ax.set_xscale("log")
             if positive:
                 ax.set_yscale("log")
+            _ticks(ax, FormatStrFormatter, NullFormatter)
             ax.set_xlabel("NFE (counted model evaluations)")
             ax.set_ylabel(DISPLAY.get(m, m))
             ax.set_title(f"{label(t.model, t.model_diff)}: {DISPLAY.get(m, m)}\n{_short(t)}", fontsize=9)
@@ -55,3 +57,17 @@ def _short(t) -> str:
 
     text = protocol_text(t.protocol)
     return text if len(text) < 110 else text[:107] + "..."
+
+
+def _ticks(ax, FormatStrFormatter, NullFormatter) -> None:
+    """Plain numbers on the log axes (4, 10, 20, not 10^1); the x ticks are the NFEs drawn, where they fit."""
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    narrow = ax.get_yscale() == "log" and hi / lo < 30  # under ~1.5 decades: label the minor ticks too
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g") if narrow else NullFormatter())
+    xs = sorted({float(x) for line in ax.get_lines() for x in line.get_xdata()})
+    kept = [x for i, x in enumerate(xs) if i == 0 or x / xs[i - 1] > 1.15]
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if 0 < len(kept) <= 12:
+        ax.set_xticks(kept)
