@@ -13,6 +13,7 @@ import pytest
 
 from launch.records import load_record
 from results.collect import main
+from results.merge import main as merge_main
 from results.published import published_rows
 from results.settings import compose, label, settings
 from sampling.errors import NfebenchError
@@ -322,14 +323,21 @@ def test_a_real_sweep_through_launch_and_the_command_line(tmp_path):
     r = launch("-m", "model=gaussian", "solver=ddim,heun", "nfe=4,6", "num_samples=16", "grid_images=0",
                f"hydra.sweep.dir={sweep}")
     assert r.returncode == 0, r.stderr
+    r = launch("-m", "model=gaussian", "solver=ddim", "nfe=8", "num_samples=8", "sample_offset=0,8", "grid_images=0",
+               f"hydra.sweep.dir={sweep / 'shards'}")
+    assert r.returncode == 0, r.stderr
+    assert merge_main([str(sweep / "shards")]) == 0
+    (merged,) = [json.loads(p.read_text()) for p in (sweep / "shards" / "merged").glob("*/record.json")]
     cmd = [sys.executable, "-m", "results.collect", str(sweep), "--metric", "ode_rmse", "--format", "csv"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     df = pd.read_csv(io.StringIO(r.stdout))
     recs = {(json.loads(p.read_text())["solver"]["name"], json.loads(p.read_text())["nfe"]["requested"]):
             json.loads(p.read_text()) for p in sweep.glob("*/record.json")}
-    assert len(df) == 4 and set(df.solver) == {"ddim", "heun"}
-    for _, row in df.iterrows():
+    assert len(df) == 5 and set(df.solver) == {"ddim", "heun"}
+    shard_cell = df[df.nfe == 8].iloc[0]  # the merged record, not its two shards
+    assert shard_cell.seeds == 1 and shard_cell.value == float(f"{merged['metrics']['ode_rmse']:.4g}")
+    for _, row in df[df.nfe != 8].iterrows():
         rec = recs[(row.solver, row.nfe)]
         assert row.nfe_counted == rec["nfe"]["counted"]
         assert row.value == float(f"{rec['metrics']['ode_rmse']:.4g}")
