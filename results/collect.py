@@ -181,6 +181,8 @@ def build_tables(recs: list[dict]) -> list[Table]:
         for m in rec["metrics"]:
             if m not in table.metrics:
                 table.metrics.append(m)
+    for t in tables.values():  # the solver's default first, then its variants: stable across sweeps
+        t.rows = dict(sorted(t.rows.items(), key=lambda kv: (kv[1].solver, len(kv[1].settings), kv[0])))
     return sorted(tables.values(), key=lambda t: t.title)
 
 
@@ -423,6 +425,19 @@ def render(tables: list[Table], metrics: list[str], fmt_name: str) -> str:
     return "".join(out).rstrip() + "\n"
 
 
+def load_tables(root: Path, metric: str | None = None, compare: str | None = None,
+                strict: bool = False) -> tuple[list[Table], list[str]]:
+    """The tables and metrics the command line renders (for scripts: tidy_frame(*load_tables(root)))."""
+    if not Path(root).is_dir():
+        raise NfebenchError(f"not a directory: {root}")
+    tables = build_tables(scan(Path(root), strict))
+    metrics = pick_metrics(tables, metric)
+    tables = [t for t in tables if any(m in t.metrics for m in metrics)]
+    if compare:
+        compare_published(tables, metrics)
+    return tables, metrics
+
+
 # ---- command line -------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -459,12 +474,7 @@ def main(argv=None) -> int:
             _writable(args.plot, "plot")
         if args.out is not None:
             _writable(args.out, "table")
-        if not args.root.is_dir():
-            raise NfebenchError(f"not a directory: {args.root}")
-        tables = build_tables(scan(args.root, args.strict))
-        metrics = pick_metrics(tables, args.metric)
-        if args.compare:
-            compare_published(tables, metrics)
+        tables, metrics = load_tables(args.root, args.metric, args.compare, args.strict)
         text = render(tables, metrics, args.format)
         image = None
         if args.plot is not None:

@@ -105,8 +105,14 @@ def test_several_metrics_one_table_per_model_and_counted_nfe(tmp_path, capsys):
     assert gauss["ddim(eta=1.0)"] == ["5", "", "0.5", ""]
     assert gauss["heun"][0] == "36.52 (counted 3)" and gauss["heun"][2] == "0.3903 (counted 3)"
     assert "digits" not in md_rows(out.split("### gaussian")[1]) and md_rows(out.split("### gaussian")[0])["ddim"][0] == "0.5"
+    assert list(gauss) == ["ddim", "ddim(eta=1.0)", "heun"]  # a solver's default first, then its variants
     rc, out, _ = collect(capsys, tmp_path, "--metric", "ode_rmse")
     assert "fd_pixel" not in out and "ode_rmse 4" in out
+    record(tmp_path, "f", model="cifar10_ddpm", nfe=10, protocol=fid_protocol(), metrics={"fid": 3.0})
+    rc, out, _ = collect(capsys, tmp_path, "--metric", "fid")  # tables without the metric are left out
+    assert rc == 0 and [ln for ln in out.splitlines() if ln.startswith("### ")] == [
+        "### cifar10_ddpm — metrics=fid_is, torch-fidelity 0.4.0, extractor nfebench-tiny, "
+        "reference npz:/data/cifar10-train.npz, 50000 samples"]
 
 
 def test_repeated_seeds_are_mean_and_std_and_fid_rounds_to_two_decimals(tmp_path, capsys):
