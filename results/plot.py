@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import math
 
 
 def plot_bytes(tables, metrics: list[str], image_type: str) -> bytes:

@@ -12,7 +12,7 @@ from functools import lru_cache
 # Top-level keys that do not change a solver's numbers (or are tabulated elsewhere: model = the
 # table, nfe = the column, seed = averaged, metrics = the protocol).
 NOT_SETTINGS = {"model", "metrics", "nfe", "seed", "num_samples", "sample_offset", "batch_size", "device",
-                "grid_images", "save_samples", "skip_complete", "wandb", "launcher", "hydra", "dry_run"}
+                "grid_images", "save_samples", "skip_complete", "wandb", "launcher", "hydra", "dry_run", "experiment"}
 MISSING = object()
 
 
