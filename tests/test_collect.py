@@ -351,3 +351,22 @@ def test_a_real_sweep_through_launch_and_the_command_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "results.collect", str(sweep), "--format", "xls"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["nfebench: error: unknown --format 'xls'; valid: md, csv, tex"]
+
+
+def test_every_entry_of_the_published_map_names_real_csv_rows_and_composes():
+    """A typo in results/data/published_map.yaml would silently match nothing: every name must exist."""
+    from results.published import load_map, load_published
+
+    csv, data = load_published(), load_map()
+    for model, ck in data["checkpoints"].items():
+        assert compose((f"model={model}",)) is not None, model
+        rows = csv[(csv.dataset == ck["dataset"]) & csv.checkpoint.isin(ck["checkpoint"])]
+        assert set(rows.checkpoint) == set(ck["checkpoint"]), model
+    for entry in data["solvers"]:
+        rows = csv[(csv.solver == entry["solver"]) & (csv.schedule == entry["schedule"])]
+        if entry.get("source"):
+            rows = rows[rows.source.str.startswith(entry["source"])]
+        assert len(rows), entry
+        cfg = compose(tuple(entry["overrides"]))
+        assert cfg is not None and cfg["solver"]["name"] == entry["overrides"][0].split("=")[1], entry
+    assert set(data["metrics"]) == set(csv.metric)
