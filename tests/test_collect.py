@@ -153,6 +153,19 @@ def test_incompatible_protocols_in_one_cell_are_one_error_line(tmp_path, capsys)
     assert not out.exists()
 
 
+def test_runs_that_differ_in_something_the_label_does_not_show_are_refused(tmp_path, capsys, monkeypatch):
+    record(tmp_path, "a", "batch_size=7", nfe=4)
+    record(tmp_path, "b", "batch_size=9", nfe=4)  # the same samples in other batches: one measurement
+    assert collect(capsys, tmp_path)[0] == 0
+    import results.settings
+
+    # a setting the labels do not show (as a key added later might be) must not be averaged away
+    monkeypatch.setattr(results.settings, "NOT_SETTINGS", results.settings.NOT_SETTINGS | {"t_end"})
+    record(tmp_path, "c", "t_end=0.01", nfe=4)
+    rc, _, err = collect(capsys, tmp_path)
+    assert "differ in t_end" in one_error_line(rc, err)
+
+
 def test_csv_and_latex_round_trip(tmp_path, capsys):
     record(tmp_path, "a", nfe=4, metrics={"fd_pixel": 34.4811, "ode_rmse": 0.23312})
     record(tmp_path, "b", "solver.eta=0.5", nfe=6, counted=5, metrics={"fd_pixel": 1.23456, "ode_rmse": 0.0123456})
