@@ -227,7 +227,9 @@ def pick_metrics(tables: list[Table], wanted: str | None) -> list[str]:
 def _mapped(entry: dict, model: str):
     from .settings import compose
 
-    cfg = compose(("model=" + model, *entry["overrides"])) or compose(tuple(entry["overrides"]))
+    cfg = None
+    for overrides in (entry.get("prefer"), entry["overrides"]):  # the paper's exact preset when this checkout has it
+        cfg = cfg or (overrides and (compose(("model=" + model, *overrides)) or compose(tuple(overrides))))
     if cfg is None:
         raise NfebenchError(f"{pub.MAP_YAML}: overrides {entry['overrides']} do not compose in this checkout")
     return cfg["solver"]["name"], settings(cfg)
