@@ -336,6 +336,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, needle
     assert sorted(p for p in tmp_path.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_a_real_sweep_through_launch_and_the_command_line(tmp_path):
     """launch.py writes the records; `python -m results.collect` in a subprocess reads them as a user would."""
     sweep = tmp_path / "sweep"
