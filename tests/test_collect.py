@@ -291,11 +291,13 @@ def test_plot_png_and_svg_with_published_points(tmp_path, capsys):
 def test_load_record_names_the_damaged_file(tmp_path):
     p = tmp_path / "record.json"
     p.write_text('{"status": "complete", "config": {')
-    with pytest.raises(NfebenchError, match=f"corrupt record {re.escape(str(p))}: not valid JSON"):
+    with pytest.raises(NfebenchError) as err:
         load_record(p)
+    assert str(p) in str(err.value) and "JSON" in str(err.value) and "\n" not in str(err.value)
     p.write_text('{"status": "complete"}')
-    with pytest.raises(NfebenchError, match=f"incomplete record {re.escape(str(p))}: missing config, config_hash"):
+    with pytest.raises(NfebenchError) as err:
         load_record(p)
+    assert str(p) in str(err.value) and "config_hash" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_truncated_and_keyless_records_are_skipped_with_a_warning_or_refused_with_strict(tmp_path, capsys):
