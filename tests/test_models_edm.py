@@ -34,7 +34,16 @@ from sampling.seeds import SampleNoise
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-get_solver("ddim")  # registers every solver
+get_solver("ddim")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Miniature networks: thread hand-offs cost more than their convolutions (20x on a busy 2-core machine).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)  # registers every solver
 
 
 @functools.lru_cache(maxsize=None)
@@ -353,7 +362,7 @@ def test_edm_sampler_settings_through_launch_py(tmp_path):
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, str(REPO / "launch.py"), "model=cifar10_edm", f"model.path={path}", *EDM_HEUN,
                         "nfe=35", "num_samples=2", "metrics=none", f"hydra.run.dir={run}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     rec = json.loads((run / "record.json").read_text())
     assert rec["nfe"]["counted"] == 35 and rec["solver"]["steps"] == 17
