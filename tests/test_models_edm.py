@@ -171,6 +171,15 @@ def miniature(name, tmp_path, resolution=None, **over):
     return path, net, cls
 
 
+def golden_inputs(kw):
+    """Fixed inputs of the golden-value test: two images at sigma 0.05 and 20, labels 3 and 7."""
+    g = torch.Generator().manual_seed(123)
+    r = kw["img_resolution"]
+    x = torch.randn(2, kw["img_channels"], r, r, generator=g) * torch.tensor([0.05, 20.0]).view(2, 1, 1, 1)
+    labels = torch.nn.functional.one_hot(torch.tensor([3, 7]), kw["label_dim"]).float() if kw["label_dim"] else None
+    return x, torch.tensor([0.05, 20.0]), labels
+
+
 EDM_CONFIGS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml")
                      if OmegaConf.load(p).get("family") == "edm_pickle")
 
@@ -417,3 +426,30 @@ def test_every_solver_runs_on_each_miniature_with_its_nfe_rule(name, tmp_path):
                                     lambda x, x0, idx: out.append(x))
         assert counted == spec.cost(len(ts) - 1, **sopts) <= nfe, solver
         assert out[0].shape == (1, *model.shape) and bool(torch.isfinite(out[0]).all()), solver
+
+
+# ---- golden values from NVlabs' own networks ---------------------------------------------------------------
+
+# Provenance: NVlabs/edm training/networks.py (GitHub HEAD, fetched 2026-12-02), run once outside the repo with
+# torch_utils.persistence stubbed to a no-op decorator, on random_net(cls, precond_kwargs(name)) weights and
+# golden_inputs(); nfebench's modules gave bit-identical outputs (max |difference| 0.0) for all six.
+# Values: sum |D(x; sigma)| over the batch and D[0, 0, 0, :3].
+NVLABS_GOLDEN = {
+    "cifar10_edm": (256.0196, [0.01923, -0.00491, -0.01227]),
+    "cifar10_cond_ve_edm": (399.0596, [0.02685, 0.00246, -0.00433]),
+    "cifar10_baseline_vp_edm": (48800.4296, [0.02209, -0.00343, -0.00947]),
+    "cifar10_baseline_ve_edm": (49361.1385, [0.01374, -0.01654, -0.02117]),
+    "imagenet64_edm": (1196.3133, [0.01946, -0.00809, -0.0123]),
+    "imagenet64_baseline_edm": (198942.4928, [0.01905, -0.00262, -0.01006]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NVLABS_GOLDEN))
+def test_networks_match_golden_outputs_of_nvlabs_code(name):
+    cls, kw = precond_kwargs(name)
+    x, sigma, labels = golden_inputs(kw)
+    with torch.no_grad():
+        out = random_net(cls, kw)(x, sigma, labels)
+    total, first = NVLABS_GOLDEN[name]
+    assert float(out.double().abs().sum()) == pytest.approx(total, rel=1e-5)
+    assert out[0, 0, 0, :3].tolist() == pytest.approx(first, abs=2e-5)
