@@ -308,3 +308,33 @@ def test_every_solver_runs_on_each_miniature_with_its_nfe_rule(name, fourier, tm
                                     lambda x, x0, idx: out.append(x))
         assert counted == spec.cost(len(ts) - 1, **sopts) <= nfe, solver
         assert out[0].shape == (1, 3, 16, 16) and bool(torch.isfinite(out[0]).all()), solver
+
+
+# Provenance: yang-song/score_sde_pytorch models/ncsnpp.py (GitHub HEAD, fetched 2026-12-02), run once outside the
+# repo on CPU (op.upfirdn2d's native path, the CUDA extension not built), configured like the miniature (nf=16,
+# ch_mult=(1, 2), one block, attention at 8x8; VP: ddpmpp_continuous settings, VE: ncsnpp_continuous settings with
+# FIR [1,3,3,1], residual input pyramid, fourier features, scale_by_sigma), loaded with write_checkpoint(seed 0)'s
+# raw weights then its EMA copied in as score_sde's ExponentialMovingAverage.copy_to does. Its state-dict keys were
+# exactly write_checkpoint's. Values: x0 (in [-1, 1] units) at t = 1 for the inputs below: sum |x0| and x0[0,0,0,:3].
+# nfebench agreed to <= 6e-7 relative at t = 1e-3, 0.1, 0.5 and 1.
+SCORE_SDE_GOLDEN = {
+    "cifar10_scoresde_vp_deep": (183150.5646, [-120.93649, 173.60088, -235.79604]),
+    "cifar10_scoresde_ve": (121872.2257, [-89.9036, 105.79084, -185.83324]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCORE_SDE_GOLDEN))
+def test_x0_matches_golden_values_of_score_sde_pytorchs_ncsnpp(name, tmp_path):
+    ve = name.endswith("_ve")
+    path, _, _ = write_checkpoint(tmp_path / "c.pth", fourier=ve, residual_input=ve, **MINI)
+    m = build_model(compose_cfg(f"model={name}", f"model.path={path}", *ARCH_OVERRIDES)["model"])
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 3, 16, 16, generator=g)
+    if ve:  # Song et al.'s VE on [0, 1] data at t = 1: sigma = 50, i.e. 100 in [-1, 1] units
+        got = m(2 * ((x0 + 1) / 2 + 50.0 * eps) - 1, 100.0)
+    else:
+        a = math.exp(-0.25 * 19.9 - 0.5 * 0.1)
+        got = m(a * x0 + math.sqrt(1 - a * a) * eps, 1.0)
+    total, first = SCORE_SDE_GOLDEN[name]
+    assert float(got.double().abs().sum()) == pytest.approx(total, rel=1e-5)
+    assert got[0, 0, 0, :3].tolist() == pytest.approx(first, rel=1e-5)
