@@ -58,7 +58,7 @@ class EDMDenoiser(NetworkDenoiser):
     def describe(self) -> dict:
         d = super().describe()
         d.update(precond=type(self.net).__name__, unet=type(self.net.model).__name__, label_dim=self.num_classes,
-                 net_sigma_range=[float(self.net.sigma_min), float(self.net.sigma_max)])
+                 net_sigma_range=[_finite(self.net.sigma_min), _finite(self.net.sigma_max)])
         if self.num_classes:
             d["class_labels"] = "per sample from (seed, i)" if self.labels is None else self.labels
         return d
@@ -72,6 +72,12 @@ def build_edm(noise, *, file, url=None, path=None, resolution=None, channels=Non
     net, _ = load_network(p, PRECONDS)
     check_shape(p, net, {"img_resolution": resolution, "img_channels": channels, "label_dim": label_dim})
     return EDMDenoiser(noise, net, dt, FileSource(p, file, url, sha256(p)), class_labels)
+
+
+def _finite(v):
+    # EDMPrecond's unbounded sigma_max is recorded as null: records stay strict JSON
+    v = float(v)
+    return v if v != float("inf") else None
 
 
 def check_shape(path, net, expect: dict) -> None:
