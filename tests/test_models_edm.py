@@ -9,14 +9,17 @@ Table 1 written out below, EDM's sampler against a transcription of generate.py'
 """
 from __future__ import annotations
 
+import collections
 import copy
 import functools
+import io
 import math
 import os
 import pickle
 import sys
 import time
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +110,32 @@ def _wrap(module, mods, src, init_kwargs=None, class_name=None):
     return _Reduced(mods["torch_utils.persistence"]._reconstruct_persistent_obj, meta)
 
 
+class _StorageBytes:
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce__(self):
+        return torch.storage._load_from_bytes, (self.data,)
+
+
+class _Torch112Pickler(pickle.Pickler):
+    """Tensors as torch 1.12 pickled them (EDM's files date from 2022): _rebuild_tensor_v2 over a typed storage
+    saved by torch.save in the legacy (non-zip) format, inside torch.storage._load_from_bytes."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, torch.nn.Parameter):
+            return torch._utils._rebuild_parameter, (obj.data, obj.requires_grad, collections.OrderedDict())
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().contiguous()
+            buf = io.BytesIO()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TypedStorage is deprecated, but it is what the files hold
+                torch.save(t.storage(), buf, _use_new_zipfile_serialization=False)
+            return torch._utils._rebuild_tensor_v2, (_StorageBytes(buf.getvalue()), 0, tuple(t.shape), t.stride(),
+                                                     False, collections.OrderedDict())
+        return NotImplemented
+
+
 def write_edm_pickle(path, net, kwargs, src=NETWORK_SRC, class_name=None, extra=None):
     mods = _persistence_modules()
     saved = {k: sys.modules.get(k) for k in mods}
@@ -118,7 +147,9 @@ def write_edm_pickle(path, net, kwargs, src=NETWORK_SRC, class_name=None, extra=
                              state={"P_mean": -1.2, "P_std": 1.2, "sigma_data": 0.5}))
         data = {"ema": _wrap(net, mods, src, ez(kwargs), class_name), "loss_fn": loss, "augment_pipe": None,
                 "dataset_kwargs": ez(class_name="training.dataset.ImageFolderDataset", path="x.zip"), **(extra or {})}
-        Path(path).write_bytes(pickle.dumps(data, protocol=4))
+        buf = io.BytesIO()
+        _Torch112Pickler(buf, protocol=4).dump(data)
+        Path(path).write_bytes(buf.getvalue())
     finally:
         for k, v in saved.items():
             if v is None:

@@ -76,7 +76,15 @@ def _numpy_scalar(dtype, data=None):
     return np.frombuffer(data, dtype=dtype)[0]
 
 
+def _latin1(text, encoding="latin1"):
+    # protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1')
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError("a _codecs.encode call that is not latin1 bytes")
+    return text.encode("latin1")
+
+
 ALLOWED = {
+    ("_codecs", "encode"): _latin1,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct,
     ("dnnlib.util", "EasyDict"): EasyDict,
     ("dnnlib", "EasyDict"): EasyDict,
