@@ -484,3 +484,17 @@ def test_networks_match_golden_outputs_of_nvlabs_code(name):
     total, first = NVLABS_GOLDEN[name]
     assert float(out.double().abs().sum()) == pytest.approx(total, rel=1e-5)
     assert out[0, 0, 0, :3].tolist() == pytest.approx(first, abs=2e-5)
+
+
+def test_network_dtype_changes_the_unet_only(tmp_path):
+    path, _, _ = miniature("imagenet64_baseline_edm", tmp_path, resolution=16)
+    over = ("model=imagenet64_baseline_edm", f"model.path={path}", "model.resolution=16")
+    full = build_model(compose_cfg(*over)["model"])
+    half = build_model(compose_cfg(*over, "model.network_dtype=bfloat16")["model"])
+    assert half.net.model.map_layer0.weight.dtype == torch.bfloat16 and half.net.u.dtype == torch.float32
+    x = torch.randn(2, *full.shape, generator=torch.Generator().manual_seed(4))
+    cond = full.conditions(0, range(2))
+    a, b = full(2.0 * x, 2.0, cond), half(2.0 * x, 2.0, cond)
+    assert b.dtype == torch.float32 and not torch.equal(a, b)
+    assert float((a - b).abs().max()) < 0.05 * float(a.abs().max())
+    assert half.describe()["network_dtype"] == "bfloat16"

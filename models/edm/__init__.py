@@ -30,7 +30,8 @@ class EDMDenoiser(NetworkDenoiser):
 
     def __init__(self, noise, net, net_dtype, source, labels=None):
         shape = (net.img_channels, net.img_resolution, net.img_resolution)
-        super().__init__(noise, net.to(net_dtype), "x0", shape, net_dtype, None, source)
+        net.model.to(net_dtype)  # the U-Net only: the preconditioner's own tables (iDDPM's sigma levels) stay float32
+        super().__init__(noise, net, "x0", shape, net_dtype, None, source)
         self.num_classes = int(net.label_dim)
         self.labels = list(labels) if labels else None
         bad = [v for v in self.labels or () if not 0 <= int(v) < self.num_classes]

@@ -41,9 +41,9 @@ class _Precond(nn.Module):
         else:
             class_labels = None
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
+        # Only the image enters in the network's precision; noise and class labels stay float32, as in the original.
         dtype = next(self.model.parameters()).dtype
-        F = self.model((c_in * x).to(dtype), c_noise.flatten().to(dtype), class_labels=None if class_labels is None
-                       else class_labels.to(dtype))
+        F = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels)
         return c_skip * x + c_out * F[:, : self.img_channels].to(torch.float32)
 
     def round_sigma(self, sigma):
