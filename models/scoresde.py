@@ -15,6 +15,7 @@ VE networks see log(sigma) of [0, 1] data (sigma / 2 in nfebench's [-1, 1] units
 from __future__ import annotations
 
 import io
+import pickle
 import zipfile
 
 import torch
@@ -119,7 +120,7 @@ def read_checkpoint(path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, io.UnsupportedOperation,
-            __import__("pickle").UnpicklingError) as err:
+            pickle.UnpicklingError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise NfebenchError(f"{path}: not a loadable score_sde checkpoint ({type(err).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "shadow_params" not in (ckpt.get("ema") or {}):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import copy
 import functools
+import hashlib
 import io
 import math
 import os
@@ -259,7 +260,7 @@ def test_every_edm_config_loads_its_miniature_and_follows_the_paper_precondition
         want = reference_D(cls, loaded, sigma * x, sigma, labels)
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, sigma)), sigma
     rec = model.describe()
-    assert rec["source"]["sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    assert rec["source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert rec["source"]["url"].startswith("https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/")
     assert rec["source"]["url"].endswith(path.name) and rec["precond"] == cls
 
@@ -408,7 +409,7 @@ def test_edm_sampler_settings_through_launch_py(tmp_path):
     assert rec["nfe"]["counted"] == 35 and rec["solver"]["steps"] == 17
     sig = rec["schedule"]["edm_sigma_grid"]
     assert sig[0] == pytest.approx(80.0) and sig[-1] == pytest.approx(0.002) and len(sig) == 18
-    assert rec["model"]["source"]["sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    assert rec["model"]["source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_cli_missing_checkpoint_exits_2_with_one_line(tmp_path):

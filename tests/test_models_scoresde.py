@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -203,7 +204,7 @@ def test_vp_checkpoint_loads_its_ema_weights_and_matches_ncsnpps_forward(tmp_pat
         got = m(xt, t)
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, s / a)), t
     rec = m.describe()
-    assert rec["source"]["sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    assert rec["source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert rec["precond"] == "VPPrecond" and rec["unet"] == "SongUNet"
 
 
