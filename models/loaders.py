@@ -92,10 +92,3 @@ def _check_factor(label, ae, latent_hw, image_hw):
         raise NfebenchError(f"checkpoint {label} does not match the model config: it maps {list(latent_hw)} latents "
                             f"to {[latent_hw[0] * f, latent_hw[1] * f]} images, the model config expects {list(image_hw)}")
 
-
-def edm_pickle(noise, *, path=None, **_):
-    """EDM's .pkl checkpoints unpickle into NVlabs' own persistent classes (torch_utils.persistence,
-    dnnlib, training.networks); loading them needs that code, which nfebench does not vendor."""
-    raise NfebenchError(f"EDM .pkl checkpoints ({path or 'model.path'}) are not supported: they unpickle into "
-                        "NVlabs' torch_utils/dnnlib classes, which nfebench does not vendor; use a diffusers-format "
-                        "checkpoint instead")

@@ -29,19 +29,20 @@ def _digits(noise, std=0.1, prediction="x0", ode_rtol=1e-8):
     return Digits(noise, std, prediction, ode_rtol)
 
 
-def _from_loaders(fn_name):
-    # diffusers is imported only when a checkpoint family is actually built
+def _lazy(module, fn_name):
+    # A checkpoint family's module (and diffusers) is imported only when that family is built
     def build(noise, **cfg):
-        from . import loaders
+        from importlib import import_module
 
-        return getattr(loaders, fn_name)(noise, **cfg)
+        return getattr(import_module(module, __package__), fn_name)(noise, **cfg)
 
     return build
 
 
-for _family, _fn in {"diffusers_unet": "build_unet", "diffusers_ldm": "build_ldm",
-                     "diffusers_dit": "build_dit", "edm_pickle": "edm_pickle"}.items():
-    register_family(_family)(_from_loaders(_fn))
+for _family, (_module, _fn) in {"diffusers_unet": (".loaders", "build_unet"), "diffusers_ldm": (".loaders", "build_ldm"),
+                                "diffusers_dit": (".loaders", "build_dit"), "edm_pickle": (".edm", "build_edm"),
+                                "scoresde": (".scoresde", "build_scoresde")}.items():
+    register_family(_family)(_lazy(_module, _fn))
 
 
 # Keys of a model config that describe how it is evaluated, not how it is built.

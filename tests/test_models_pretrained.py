@@ -317,8 +317,10 @@ def test_a_cached_repo_loads_offline_by_repo_id(tmp_path, monkeypatch):
                                           "revision": None, "commits": {"unet": commit}}
 
 
-def test_edm_pickles_are_refused_in_one_line():
-    with pytest.raises(NfebenchError, match="EDM .pkl checkpoints .* not supported"):
+def test_edm_pickles_without_the_file_name_it_and_its_url_in_one_line(tmp_path, monkeypatch):
+    # EDM pickles now load (tests/test_models_edm.py); without the file the error says where to get it.
+    monkeypatch.setenv("NFEBENCH_CKPT_DIR", str(tmp_path))
+    with pytest.raises(NfebenchError, match=r"checkpoint edm-cifar10-32x32-uncond-vp\.pkl not found .*nvlabs-fi-cdn"):
         build_model(compose_cfg("model=cifar10_edm")["model"])
 
 
