@@ -6,7 +6,7 @@ The same sweep of small CPU runs (model=gaussian, default samples.png included) 
 launcher into a fresh directory, one after another, as a user would run it: wall-clock time of
 the whole `python launch.py -m ...` command, divided by the number of runs. Contenders alternate
 within each round; the table gives the median over rounds. `local` runs with 1 worker (the same
-CPU share as `basic`) and with 2 workers.
+CPU share as `basic`) and with 2 workers; every process gets OMP_NUM_THREADS=1.
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def _children_cpu() -> float:
 
 def sweep_seconds(extra: list[str]) -> tuple[float, float]:
     """(wall s, CPU s of the launcher and all its workers) of one sweep."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    # one torch thread everywhere: a launcher's cost, not thread oversubscription on a busy machine
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as d:
         t0, c0 = time.perf_counter(), _children_cpu()
         r = subprocess.run([sys.executable, str(REPO / "launch.py"), "-m", *SWEEP, *extra, f"hydra.sweep.dir={d}"],
@@ -73,7 +74,7 @@ def report(times: dict[str, list[tuple[float, float]]]) -> str:
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, python {platform.python_version()}.", "",
              f"Sweep: `python launch.py -m {' '.join(SWEEP)}` ({RUNS} runs, samples.png drawn for each): wall-clock "
              "time of the whole command and CPU time of it and every worker it started (getrusage of waited-for "
-             f"children), median over {len(times['basic'])} round(s); contenders alternate within a round. "
+             f"children), `OMP_NUM_THREADS=1` for every process, median over {len(times['basic'])} round(s); contenders alternate within a round. "
              f"Load average at the end: {load:.1f}; on a shared machine the CPU column is the steadier one.", "",
              "| launcher | wall s | wall s per run | wall per run / basic | CPU s | CPU per run / basic |",
              "|---|---|---|---|---|---|"]
