@@ -53,7 +53,7 @@ def check(cfg: dict):
     # Solver options first: a typo must not wait for a large checkpoint to load.
     solver_opts = dict(cfg["solver"])
     spec = get_solver(solver_opts.pop("name", None))
-    validate.check_solver_options(spec.fn, solver_opts)
+    validate.check_solver_options(spec.name, spec.fn, solver_opts)
     _check_solver_options(spec, solver_opts, nfe)
     grid_opts = dict(cfg["schedule"])
     validate.check_schedule_options(grid_opts)

@@ -56,12 +56,15 @@ def check_typed(where: str, v, default) -> None:
     # string options (lower_order_final, variant, ...) are parsed and named by their solver
 
 
-def check_solver_options(fn, opts: dict) -> None:
+def check_solver_options(name: str, fn, opts: dict) -> None:
     params = inspect.signature(fn).parameters
-    for k, v in opts.items():
-        if k in params:
-            check_typed(f"solver.{k}", v, params[k].default)
-        check_range(f"solver.{k}", k, v)
+    try:
+        for k, v in opts.items():
+            if k in params:
+                check_typed(f"solver.{k}", v, params[k].default)
+            check_range(f"solver.{k}", k, v)
+    except NfebenchError as err:
+        raise NfebenchError(f"bad options for solver '{name}': {err}") from None
 
 
 def check_schedule_options(opts: dict) -> None:

@@ -40,8 +40,15 @@ REPO = Path(__file__).resolve().parents[2]
 CPU = ""  # the slot of a CPU worker: CUDA_VISIBLE_DEVICES="" hides every GPU
 
 
+def _no_gpu_driver() -> bool:
+    # no NVIDIA or ROCm device nodes: no GPU, and no need to import torch (~2 s) to learn it
+    return not any(Path("/dev").glob("nvidia[0-9]*")) and not Path("/dev/kfd").exists()
+
+
 def visible_gpus() -> list[str]:
     """GPU ids as this process sees them (the entries of CUDA_VISIBLE_DEVICES when it is set)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "" or _no_gpu_driver():
+        return []
     import torch  # only the launcher process pays for it, once
 
     n = torch.cuda.device_count()
