@@ -25,9 +25,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Metric pipeline throughput and memory (1k vs 10k samples) -> results/bench/metrics.{json,md}
+# Metric pipeline throughput and memory (1k vs 10k samples) -> results/bench/metrics.{json,md};
+# sweep cost per run, launcher=local vs basic -> results/bench/sweep.md
 bench: $(STAMP)
 	$(PY) -m metrics.bench
+	$(PY) -m launch.bench_sweep
 
 clean:
 	rm -rf runs sweeps outputs multirun .pytest_cache

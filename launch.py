@@ -1,4 +1,5 @@
 """nfebench entry point: `python launch.py solver=dpmpp nfe=10` (add -m for sweeps)."""
+import logging
 import sys
 
 import hydra
@@ -29,7 +30,9 @@ def main(cfg):
         record = run_experiment(identity(cfg_dict), out_dir)
     except NfebenchError as err:
         if hc.mode.name == "MULTIRUN":
-            raise  # the launcher counts this run as failed and the sweep goes on
+            # into this run's launch.log (the summary points there), then the launcher counts it failed
+            logging.getLogger("nfebench").error(f"nfebench: error: {err}")
+            raise
         fail(err)
     print(summary_line(record, out_dir), flush=True)
     log_run(record, cfg_dict.get("wandb"), out_dir)  # after the record: tracking never costs a result

@@ -73,9 +73,17 @@ def check_overrides(argv: list[str]) -> None:
             single.append(o.input_line)
     try:
         with initialize_config_dir(str(CONFIGS), version_base=None):
+            known = set(compose("config").keys())
             compose("config", overrides=single)
     except (HydraException, OmegaConfBaseException) as err:
         raise NfebenchError(_one_line(err)) from None
+    # `+foo=1` adds a key nothing reads, yet it would change the run's config hash. The known keys
+    # are those of configs/config.yaml as composed, so a key added there is accepted at once.
+    for o in parsed:
+        top = o.key_or_group.split(".")[0].split("@")[0]
+        if not o.key_or_group.startswith("hydra") and top not in known and o.key_or_group not in groups:
+            raise NfebenchError(f"unknown config key '{o.key_or_group}' (from '{o.input_line}'); "
+                                f"top-level keys: {', '.join(sorted(known))}")
 
 
 def report(err: Exception) -> int:

@@ -40,17 +40,41 @@ def check_partition(name: str) -> None:
 
 
 def check_sweep_dir(argv: list[str]) -> None:
-    """A sweep dir given on the command line must be creatable and writable (tried, not guessed:
-    root passes every os.access check, even on /proc)."""
-    d = _overrides(argv).get("hydra.sweep.dir")
-    if d is None or "${" in d or not {"-m", "--multirun"} & set(argv):
+    """The sweep dir (with -m) or run dir given on the command line must be creatable and writable
+    (tried, not guessed: root passes every os.access check, even on /proc)."""
+    multirun = bool({"-m", "--multirun"} & set(argv))
+    key, what = ("hydra.sweep.dir", "sweep dir") if multirun else ("hydra.run.dir", "run dir")
+    d = _overrides(argv).get(key)
+    if d is None or "${" in d:
         return
     try:
         Path(d).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=d):
             pass
     except OSError as err:
-        raise NfebenchError(f"sweep dir '{d}' is not writable: {err.strerror}") from None
+        raise NfebenchError(f"{what} '{d}' is not writable: {err.strerror}") from None
+
+
+# launcher=local options: name -> (smallest value, may be null)
+LOCAL_OPTIONS = {"cpu_workers": (1, False), "threads_per_worker": (1, True), "timeout_min": (1e-9, False)}
+
+
+def check_local_options(argv: list[str]) -> None:
+    ov = _overrides(argv)
+    if ov.get("launcher") != "local":
+        return
+    for name, (lo, nullable) in LOCAL_OPTIONS.items():
+        raw = ov.get(f"hydra.launcher.{name}")
+        if raw is None or (nullable and raw == "null"):
+            continue
+        try:
+            v = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            v = raw
+        integer = name != "timeout_min"
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or v < lo:
+            kind = "an integer >= 1" if integer else "a number > 0"
+            raise NfebenchError(f"hydra.launcher.{name} must be {kind}{' or null' if nullable else ''}; got {raw}")
 
 
 def check_launcher_overrides(argv: list[str]) -> None:
@@ -58,5 +82,6 @@ def check_launcher_overrides(argv: list[str]) -> None:
 
     check_mode({"mode": _overrides(argv).get("wandb.mode", "disabled")})
     check_sweep_dir(argv)
+    check_local_options(argv)
     if (part := slurm_partition(argv)) is not None:
         check_partition(part)

@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -18,10 +19,30 @@ STATE_NAME = "metric_state.npz"  # mergeable metric statistics, written before t
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Keys every record has; a file without them is not a record (e.g. hand-edited or from another tool).
+REQUIRED_KEYS = ("status", "config", "config_hash", "nfe", "samples", "metrics", "timing")
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; the process is single-threaded when this first runs
+    # for a CLI, and the value is cached so worker threads never race on it.
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK = None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes 0600 files; a plain open() would give 0666 minus the umask (shared clusters
+        # rely on group-readable records and FID caches)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -76,35 +97,53 @@ def git_state() -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
-# What every reader of a record relies on; a record without one of these is damaged.
-REQUIRED_KEYS = ("status", "config", "config_hash", "model", "solver", "nfe", "metrics", "samples")
-
-
-def load_record(path: Path) -> dict:
-    """One record.json as a dict; a truncated, non-JSON or key-less file is one error line naming it."""
+def load_record(path) -> dict:
+    """One record.json as a dict; NfebenchError naming the file if it is unreadable, not JSON or lacks keys."""
     from sampling.errors import NfebenchError
 
     path = Path(path)
     try:
         rec = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as err:
-        raise NfebenchError(f"cannot read record {path}: {err}") from None
-    except json.JSONDecodeError as err:
-        raise NfebenchError(f"corrupt record {path}: not valid JSON ({err.msg} at line {err.lineno}, "
-                            f"column {err.colno}); truncated?") from None
+    except OSError as err:
+        raise NfebenchError(f"cannot read record {path}: {err.strerror}") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise NfebenchError(f"corrupt record {path} (not JSON: {str(err).splitlines()[0]})") from None
     if not isinstance(rec, dict):
-        raise NfebenchError(f"corrupt record {path}: a JSON {type(rec).__name__}, not an object")
+        raise NfebenchError(f"corrupt record {path} (not a JSON object)")
     missing = [k for k in REQUIRED_KEYS if k not in rec]
     if missing:
-        raise NfebenchError(f"incomplete record {path}: missing {', '.join(missing)}")
+        raise NfebenchError(f"corrupt record {path} (missing keys: {', '.join(missing)})")
     return rec
 
 
-def read_records(root: Path) -> list[dict]:
-    """Every complete record under root (the collector's only input)."""
+def move_aside(path) -> Path | None:
+    """Rename a bad record to record.json.corrupt-<time> next to it (never delete data); None if it is gone."""
+    path = Path(path)
+    dest = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    try:
+        os.rename(path, dest)  # atomic: of two processes finding the same file, exactly one moves it
+    except FileNotFoundError:
+        return None
+    return dest
+
+
+def read_records(root: Path, on_bad=None) -> list[dict]:
+    """Every complete record under root, with its path as "_path".
+
+    A corrupt record raises NfebenchError naming it, unless on_bad(path, error) is given: then it is
+    called and the file skipped.
+    """
+    from sampling.errors import NfebenchError
+
     out = []
     for p in sorted(Path(root).rglob(RECORD_NAME)):
-        rec = json.loads(p.read_text())
+        try:
+            rec = load_record(p)
+        except NfebenchError as err:
+            if on_bad is None:
+                raise
+            on_bad(p, err)
+            continue
         if rec.get("status") == "complete":
             rec["_path"] = str(p)
             out.append(rec)

@@ -15,15 +15,17 @@ from pathlib import Path
 import torch
 
 from metrics.sample_writer import sample_writer
-from metrics.suites import build_metrics, metrics_config
+from metrics.suites import FID_SUITES, build_metrics, metrics_config
 from models.counter import CountedDenoiser
 from models.registry import build_model
 from models.thresholding import Thresholded
 from sampling.errors import NfebenchError
 from sampling.registry import get_solver
+from sampling.schedules import make_noise_schedule
 from sampling.seeds import SampleNoise
 from sampling.timesteps import make_grid
 
+from . import validate
 from .records import (RECORD_NAME, STATE_NAME, atomic_write_bytes, atomic_write_json, config_hash, git_state, npz_bytes,
                       versions)
 
@@ -37,32 +39,36 @@ def _positive_int(cfg, key, minimum=1):
     return v
 
 
-def _device(name):
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise NfebenchError(f"unknown device '{name}'") from None
-
-
-def plan(cfg: dict):
-    """Everything decided before sampling: model, solver, options, grid. Raises on bad input."""
+def check(cfg: dict):
+    """Every check that needs no model: (solver spec, solver options, dtype). Raises on bad input."""
     nfe = _positive_int(cfg, "nfe")
     _positive_int(cfg, "num_samples")
     _positive_int(cfg, "batch_size")
     _positive_int(cfg, "seed", 0)
     _positive_int(cfg, "sample_offset", 0)
     model_cfg = dict(cfg["model"])
-    dtype_name = cfg.get("dtype") or model_cfg.pop("dtype", "float32")
-    model_cfg.pop("dtype", None)
+    dtype_name = cfg.get("dtype") or model_cfg.get("dtype", "float32")
     if dtype_name not in DTYPES:
         raise NfebenchError(f"dtype must be one of {', '.join(DTYPES)}; got '{dtype_name}'")
     # Solver options first: a typo must not wait for a large checkpoint to load.
     solver_opts = dict(cfg["solver"])
     spec = get_solver(solver_opts.pop("name", None))
+    validate.check_solver_options(spec.name, spec.fn, solver_opts)
     _check_solver_options(spec, solver_opts, nfe)
+    grid_opts = dict(cfg["schedule"])
+    validate.check_schedule_options(grid_opts)
+    if model_cfg.get("noise_schedule"):
+        validate.check_t_end(cfg.get("t_end"), float(make_noise_schedule(**dict(model_cfg["noise_schedule"])).T))
+    validate.checkpoint_files(model_cfg)
+    return spec, solver_opts, DTYPES[dtype_name]
 
+
+def plan(cfg: dict, checked=None):
+    """Everything decided before sampling: model, solver, options, grid. Raises on bad input."""
+    spec, solver_opts, dtype = checked or check(cfg)
+    nfe = cfg["nfe"]
+    model_cfg = dict(cfg["model"])
+    model_cfg.pop("dtype", None)
     model = build_model(model_cfg)
     if cfg.get("dynamic_thresholding", {}).get("enabled"):
         model = Thresholded(model, **{k: v for k, v in cfg["dynamic_thresholding"].items() if k != "enabled"})
@@ -78,7 +84,7 @@ def plan(cfg: dict):
     cost = spec.cost(steps, **solver_opts) + _final_denoise_cost(cfg)
     if cost > nfe:
         raise NfebenchError(f"solver '{spec.name}' needs {cost} NFE for {steps} steps but the budget is nfe={nfe}")
-    return model, spec, solver_opts, ts, DTYPES[dtype_name]
+    return model, spec, solver_opts, ts, dtype
 
 
 def _check_solver_options(spec, opts: dict, nfe: int) -> None:
@@ -154,14 +160,27 @@ def sample_batches(cfg: dict, model, spec, solver_opts, ts, dtype, device, on_ba
 
 
 def _png_grid(images: torch.Tensor) -> bytes:
-    from torchvision.utils import make_grid
+    """A square-ish grid of images, 2 white pixels between tiles, as PNG bytes.
+
+    Drawn with plain tensor indexing (the layout of torchvision's make_grid with padding=2,
+    pad_value=1): importing torchvision costs a local worker more than a small run itself.
+    """
+    from PIL import Image
 
     x = ((images.float().clamp(-1, 1) + 1) / 2).cpu()
     scale = max(1, 64 // x.shape[-1])  # 8x8 digits are unreadable at native size
     x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
-    grid = make_grid(x, nrow=int(math.ceil(math.sqrt(len(x)))), padding=2, pad_value=1.0)
-    from PIL import Image
-
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    n, c, h, w = x.shape
+    cols = min(n, int(math.ceil(math.sqrt(n))))
+    rows, pad = int(math.ceil(n / cols)), 2
+    grid = torch.ones(c, rows * (h + pad) + pad, cols * (w + pad) + pad)
+    for k in range(n):
+        r, q = divmod(k, cols)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[k]
+    if n == 1:
+        grid = x[0]  # a single image has no border (as make_grid)
     buf = io.BytesIO()
     Image.fromarray((grid.permute(1, 2, 0) * 255).round().byte().numpy()).save(buf, format="PNG")
     return buf.getvalue()
@@ -170,9 +189,15 @@ def _png_grid(images: torch.Tensor) -> bytes:
 def run_experiment(cfg: dict, out_dir: Path) -> dict:
     """cfg is the resolved config as a plain dict; returns the record written to out_dir."""
     t0 = time.perf_counter()
-    model, spec, solver_opts, ts, dtype = plan(cfg)
-    device = _device(cfg.get("device"))
-    suite = build_metrics(metrics_config(cfg), model, float(ts[0]), float(ts[-1]))
+    checked = check(cfg)
+    device = validate.check_device(cfg.get("device"))
+    mcfg = metrics_config(cfg)
+    # FID suites need no model: their extractor weights and reference statistics are found (or
+    # missing) before a checkpoint spends seconds to minutes loading
+    suite = build_metrics(mcfg, None, None, None) if mcfg.get("name") in FID_SUITES else None
+    model, spec, solver_opts, ts, dtype = plan(cfg, checked)
+    if suite is None:
+        suite = build_metrics(mcfg, model, float(ts[0]), float(ts[-1]))
     save = sample_writer(cfg.get("save_samples"), out_dir)
     keep = []
 

@@ -79,6 +79,9 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     return bool(ok)
 
 
+WEIGHTS_STEM = "diffusion_pytorch_model"  # diffusers' weights: .safetensors, .bin, sharded or per-variant
+
+
 def _rel(subfolder: str | None, name: str) -> str:
     return f"{subfolder}/{name}" if subfolder else name
 
@@ -98,6 +101,9 @@ def locate(source: Source, subfolder: str | None) -> dict:
         if not cfg.is_file():
             raise NfebenchError(f"model.path: {cfg} not found; model.path must be a diffusers directory"
                                 f"{' with a ' + subfolder + '/ subfolder' if subfolder else ''} (config.json + weights)")
+        if not any(cfg.parent.glob(f"{WEIGHTS_STEM}*")):
+            raise NfebenchError(f"model.path: {cfg.parent} has config.json but no weights file; put "
+                                f"{WEIGHTS_STEM}.safetensors (or .bin) next to it")
         return {"pretrained_model_name_or_path": source.path, "subfolder": subfolder}
     args = {"pretrained_model_name_or_path": source.repo_id, "subfolder": subfolder, "revision": source.revision,
             "cache_dir": hub_cache_dir(source)}

@@ -12,7 +12,6 @@ atomically after its metric_state.npz.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from launch.cli import report
-from launch.records import (RECORD_NAME, STATE_NAME, atomic_write_bytes, atomic_write_json, config_hash, npz_bytes,
-                            read_records)
+from launch.records import (RECORD_NAME, STATE_NAME, atomic_write_bytes, atomic_write_json, config_hash, load_record,
+                            npz_bytes, read_records)
 from sampling.errors import NfebenchError
 
 SHARD_KEYS = ("sample_offset", "num_samples")
@@ -99,7 +98,11 @@ def merge_dir(root: Path, out: Path) -> list[Path]:
         raise NfebenchError(f"no complete run records (record.json) under {root}")
     written = []
     for shards in group_shards(recs):
-        record, state = merge_group(shards)
+        try:
+            record, state = merge_group(shards)
+        except (KeyError, TypeError, IndexError) as err:  # a record with the top-level keys but not their contents
+            raise NfebenchError(f"malformed record among {', '.join(r['_path'] for r in shards)}: "
+                                f"{type(err).__name__} {err}") from None
         d = out / record["config_hash"]
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(d / STATE_NAME, npz_bytes(state))
@@ -112,6 +115,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m results.merge", description=__doc__.splitlines()[0])
     p.add_argument("root", type=Path, help="a directory holding the shards' record.json files")
     p.add_argument("--out", type=Path, default=None, help="where merged records go (default: <root>/merged)")
+    p.error = lambda msg: sys.exit(report(NfebenchError(msg)))  # one line, not usage + error
     args = p.parse_args(argv)
     try:
         if not args.root.is_dir():
@@ -120,7 +124,7 @@ def main(argv=None) -> int:
     except NfebenchError as err:
         return report(err)
     for path in written:
-        rec = json.loads(path.read_text())
+        rec = load_record(path)
         lo, hi = rec["samples"]["index_range"]
         print(f"merged {len(rec['shards'])} shards [{lo}, {hi}) -> {path}")
     if not written:

@@ -101,4 +101,7 @@ def test_bad_run_in_a_sweep_fails_alone_and_is_summarised(tmp_path):
     (failed,) = [ln for ln in lines if ln.startswith("  failed: ")]
     assert "nfe=0" in failed and "(NfebenchError: nfe must be an integer >= 1; got 0)" in failed
     assert failed.endswith("launch.log") and Path(failed.split("log: ")[1]).parent.name.startswith("0_")
+    # the summary is the last word: no Hydra traceback after it, and the log it names says what failed
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr and lines[-2].startswith("sweep summary:")
+    assert "nfebench: error: nfe must be an integer >= 1; got 0" in Path(failed.split("log: ")[1]).read_text()
     assert [p.parent.name[0] for p in tmp_path.glob("*/record.json")] == ["1"]

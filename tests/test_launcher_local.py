@@ -11,6 +11,7 @@ import pytest
 
 from hydra_plugins.nfebench_launchers.local import CPU, worker_env, worker_slots
 from helpers import launch as run_launch
+from sampling.errors import NfebenchError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=gaussian", "num_samples=50", "grid_images=0", "launcher=local"]  # no png: no torchvision import
@@ -25,15 +26,16 @@ def records(sweep):
 
 
 def workers_of(sweep):
-    """{run index: pid} of this sweep's live worker processes, read from /proc."""
+    """{run index: pid} of this sweep's live workers, by the run log each one writes to (its fd 1)."""
     out = {}
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
+            log = os.readlink(proc / "fd" / "1")
         except OSError:
             continue
-        if b"hydra_plugins.nfebench_launchers.worker" in argv and str(sweep).encode() in argv[-2]:
-            out[int(Path(argv[-2].decode()).name.split("_")[0])] = int(proc.name)
+        if b"hydra_plugins.nfebench_launchers.worker" in argv and log.startswith(f"{sweep}/.local/"):
+            out[int(Path(log).name.split("_")[0])] = int(proc.name)
     return out
 
 
@@ -43,7 +45,7 @@ def test_slots_one_gpu_per_worker_or_n_cpu_workers():
     env = worker_env("3", 2, None)
     assert env["CUDA_VISIBLE_DEVICES"] == "3" and str(REPO) in env["PYTHONPATH"].split(os.pathsep)
     assert worker_env(CPU, 2, 1)["CUDA_VISIBLE_DEVICES"] == ""
-    with pytest.raises(ValueError, match="cpu_workers"):
+    with pytest.raises(NfebenchError, match="cpu_workers"):
         worker_slots([], cpu_workers=0)
 
 

@@ -73,8 +73,8 @@ def test_sweep_lands_all_records_and_rerun_skips_them(slurm, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("record.json")}
     again = launch(*args)
     assert again.returncode == 0, again.stderr
-    (new_job,) = [j for j in array_jobs(tmp_path) if j != job_id]
-    assert sum("skipped" in log for log in job_logs(tmp_path, new_job)) == 6
+    assert "sweep summary: 6 runs: 0 done, 6 skipped, 0 failed" in again.stdout
+    assert array_jobs(tmp_path) == [job_id], "complete runs are filtered out before anything is submitted"
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("record.json")} == stamps
 
 
@@ -123,6 +123,11 @@ def test_cancelled_jobs_fail_and_rerun_completes_them(slurm, tmp_path, cleanup):
     rerun = launch(*args)
     assert rerun.returncode == 0, rerun.stderr
     assert "sweep summary: 4 runs: 2 done, 2 skipped, 0 failed" in rerun.stdout
+    # only the two unfinished runs were queued: the rerun's array has two tasks, runs #0 and #3
+    (new_job,) = [j for j in array_jobs(tmp_path) if j != job_id]
+    tasks = sorted(p.name for p in (tmp_path / ".submitit").glob(f"{new_job}_*"))
+    assert tasks == [f"{new_job}_0", f"{new_job}_1"], tasks
+    assert sum("Job completed successfully" in log for log in job_logs(tmp_path, new_job)) == 2
     recs = records(tmp_path)
     assert len(recs) == 4 and all(r["status"] == "complete" for r in recs.values())
 

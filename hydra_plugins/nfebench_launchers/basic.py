@@ -7,7 +7,7 @@ from typing import Sequence
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn
 
-from .summary import print_summary
+from .summary import exit_if_failed, print_summary
 
 
 def _job_log(ret: JobReturn) -> str | None:
@@ -22,4 +22,5 @@ class NfebenchBasicLauncher(BasicLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         rets = super().launch(job_overrides, initial_job_idx)
         print_summary(rets, [_job_log(r) for r in rets])
+        exit_if_failed(rets)
         return rets

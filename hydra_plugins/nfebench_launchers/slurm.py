@@ -20,7 +20,8 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
-from .summary import print_summary
+from .pending import split_complete
+from .summary import exit_if_failed, print_summary
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +65,28 @@ class NfebenchSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        log.info(f"Submitting {len(job_overrides)} runs as a SLURM job array; sweep dir {sweep_dir}")
-        args = []
+        configs = []
         for i, overrides in enumerate(job_overrides):
             log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
-            args.append((list(overrides), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{initial_job_idx + i}",
-                         Singleton.get_state()))
-        jobs = self._executor().map_array(self, *zip(*args))
-        log.info(f"SLURM job array {jobs[0].job_id.split('_')[0]}; logs in {jobs[0].paths.folder.parent}")
-        rets = self._wait(jobs, [a[0] for a in args])
-        print_summary(rets, [str(j.paths.stderr) for j in jobs])
-        return rets
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            configs.append((initial_job_idx + i, overrides, cfg))
+        # a rerun queues only what is missing, not every run of the sweep to skip inside its allocation
+        pending, rets = split_complete(sweep_dir, configs)
+        log.info(f"Submitting {len(pending)} of {len(job_overrides)} runs as a SLURM job array "
+                 f"({len(rets)} have complete records); sweep dir {sweep_dir}")
+        logs = {}
+        if pending:
+            args = [(list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
+                    for idx, overrides, _ in pending]
+            jobs = self._executor().map_array(self, *zip(*args))
+            log.info(f"SLURM job array {jobs[0].job_id.split('_')[0]}; logs in {jobs[0].paths.folder.parent}")
+            for (idx, _, _), ret, job in zip(pending, self._wait(jobs, [a[0] for a in args]), jobs):
+                rets[idx], logs[idx] = ret, str(job.paths.stderr)
+        order = [initial_job_idx + i for i in range(len(job_overrides))]
+        out = [rets[i] for i in order]
+        print_summary(out, [logs.get(i) for i in order])
+        exit_if_failed(out)
+        return out
 
     def _wait(self, jobs, overrides) -> List[JobReturn]:
         rets: List[Optional[JobReturn]] = [None] * len(jobs)

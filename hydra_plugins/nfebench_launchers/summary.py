@@ -34,3 +34,10 @@ def summary_lines(rets: Sequence[JobReturn], logs: Sequence[Optional[str]]) -> l
 def print_summary(rets: Sequence[JobReturn], logs: Sequence[Optional[str]]) -> None:
     # stdout, after Hydra's own log lines; flushed so it precedes any error Hydra prints next
     print("\n".join(summary_lines(rets, logs)), file=sys.stdout, flush=True)
+
+
+def exit_if_failed(rets: Sequence[JobReturn]) -> None:
+    """Exit 1 after the summary when a run failed: the summary said why, and Hydra would otherwise
+    re-raise the first failure with a traceback."""
+    if any(r.status != JobStatus.COMPLETED for r in rets):
+        sys.exit(1)
