@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # Keys every record has; a file without them is not a record (e.g. hand-edited or from another tool).
-REQUIRED_KEYS = ("status", "config", "config_hash", "nfe", "samples", "metrics", "timing")
+REQUIRED_KEYS = ("status", "config", "config_hash", "model", "solver", "nfe", "samples", "metrics", "timing")
 
 
 def _umask() -> int:

@@ -43,7 +43,8 @@ def record(root, name, *overrides, model="gaussian", solver="ddim", nfe=4, count
            "model": {"name": model}, "solver": {"name": solver, "options": opts},
            "nfe": {"requested": nfe, "counted": nfe if counted is None else counted},
            "metrics": metrics or {"fd_pixel": 1.0, "ode_rmse": 0.1}, "metrics_protocol": proto,
-           "samples": {"num_samples": hi - lo, "seed": seed, "index_range": [lo, hi]}, **extra}
+           "samples": {"num_samples": hi - lo, "seed": seed, "index_range": [lo, hi]}, "timing": {"total_s": 1.0},
+           **extra}
     d = Path(root) / name
     d.mkdir(parents=True, exist_ok=True)
     (d / "record.json").write_text(json.dumps(rec))

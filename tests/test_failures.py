@@ -184,7 +184,7 @@ def test_worker_killed_after_its_record_counts_as_done(tmp_path):
     job = _Job(3, ["nfe=5"], cfg, tmp_path / "p.pkl", tmp_path / "r.pkl", tmp_path / "log", hash="abc")
     assert launcher._collect(job, "died from signal 9").status == JobStatus.FAILED
     (tmp_path / "3_run").mkdir()
-    atomic_write_json(tmp_path / "3_run/record.json", {"status": "complete", "config_hash": "abc", "config": {},
+    atomic_write_json(tmp_path / "3_run/record.json", {"status": "complete", "config_hash": "abc", "config": {}, "model": {}, "solver": {},
                                                         "nfe": {}, "samples": {}, "metrics": {}, "timing": {}})
     assert launcher._collect(job, "died from signal 9").status == JobStatus.COMPLETED
 

@@ -10,7 +10,8 @@ CFG = {"model": {"family": "gaussian"}, "solver": {"name": "ddim"}, "nfe": 5, "s
 def _record(path, cfg, status="complete"):
     path.mkdir(parents=True)
     (path / "record.json").write_text(json.dumps({"status": status, "config_hash": config_hash(identity(cfg)),
-                                                  "config": cfg, "nfe": {}, "samples": {}, "metrics": {}, "timing": {}}))
+                                                  "config": cfg, "model": {}, "solver": {}, "nfe": {}, "samples": {},
+                                                  "metrics": {}, "timing": {}}))
     return str(path / "record.json")
 
 
