@@ -53,7 +53,16 @@ CASES = [
     # the default lower_order_final: always (UniPC's code) ends with orders 2, 1: fits ~2.2-2.4
     ("unipc", {"order": 3, "variant": "bh2"}, HIGH, {"karras": 2.4, "logsnr": 2.2}),         # 2.37 / 2.18
     ("deis", {"order": 3, **NEVER}, HIGH, {"karras": 3, "logsnr": 3}),                       # 2.94 / 2.96
+    # PLMS / F-PNDM fit 3.8 / 4.2 on grids uniform in EDM sigma (test_solvers_classic) but only ~2 here
+    ("pndm", {"method": "plms"}, [65, 129, 257], {"karras": 2, "logsnr": 2}),                 # 2.05 / 2.03
+    ("pndm", {"method": "f_pndm"}, [73, 137, 265], {"karras": 2.2, "logsnr": 2.2}),          # 2.18 / 2.17
 ]
+
+
+@pytest.mark.parametrize("method,expected", [("plms", 1.67), ("f_pndm", 1.78)])
+def test_pndm_on_its_default_time_uniform_grid(model, method, expected):
+    assert abs(fitted(model, "pndm", [65, 129, 257] if method == "plms" else [73, 137, 265], "time_uniform",
+                      method=method) - expected) <= 0.3
 
 
 @pytest.mark.parametrize("name,opts,nfes,expected", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
