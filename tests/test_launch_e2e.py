@@ -55,8 +55,8 @@ def test_sweep_and_collector(tmp_path):
     lines = c.stdout.strip().splitlines()
     assert lines[0] == "| model | solver | schedule | ode_rmse @ NFE 5 | 10 |" and len(lines) == 4
     cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
-    assert [c[:3] for c in cells] == [["gaussian", "ddim(eta=0.0)", "time_uniform"],
-                                      ["gaussian", "dpmpp(lower_order_final=below_10,method=multistep,order=2,outer_grid=logsnr)", "logsnr"]]
+    assert [c[:3] for c in cells] == [["gaussian", "ddim(clip_x0=None,eta=0.0)", "time_uniform"],
+                                      ["gaussian", "dpmpp(lower_order_final=below_10,method=multistep,order=2,outer_grid=logsnr,variant=reference)", "logsnr"]]
     vals = [[float(v) for v in c[3:]] for c in cells]
     assert all(v10 < v5 for v5, v10 in vals), "error must fall with NFE"
     assert (tmp_path / "table.md").read_text() == c.stdout
