@@ -369,7 +369,7 @@ def edm_sampler(net, latents, class_labels=None, num_steps=18, sigma_min=0.002, 
     return x_next
 
 
-EDM_HEUN = ["solver=heun", "solver.final_euler=false", "denoise_to_zero=true"]  # = solver.final_step=edm
+EDM_HEUN = ["solver=heun", "solver.final_step=edm"]
 
 
 @pytest.mark.parametrize("name", ["cifar10_cond_edm", "cifar10_baseline_ve_edm"])
