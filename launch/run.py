@@ -24,6 +24,7 @@ from sampling.registry import get_solver
 from sampling.seeds import SampleNoise
 from sampling.timesteps import make_grid
 
+from .experiment import paper_count
 from .records import (RECORD_NAME, STATE_NAME, atomic_write_bytes, atomic_write_json, config_hash, git_state, npz_bytes,
                       versions)
 
@@ -204,7 +205,8 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
                    **(spec.describe(steps, **solver_opts) if spec.describe else {})},
         "schedule": {**dict(cfg["schedule"]), "t_grid": [float(t) for t in ts],
                      "edm_sigma_grid": [float(s) for s in model.noise.edm_sigma(ts)]},
-        "nfe": {"requested": cfg["nfe"], "counted": counted, "network_evals": stats["network_evals"]},
+        "nfe": {"requested": cfg["nfe"], "counted": counted, "network_evals": stats["network_evals"],
+                **paper_count(cfg, steps, counted)},
         "metrics": results,
         "metrics_protocol": {**suite.protocol(), "denoise_to_zero": bool(cfg.get("denoise_to_zero")),
                              "seed": cfg["seed"], "index_range": [first, first + cfg["num_samples"]],
