@@ -9,6 +9,8 @@ variance), which a cartesian sweep cannot express. An experiment lists them inst
         runs:                            # each entry is one variant: its overrides x every params combination
           - {published: DDIM eta=0.0, overrides: [solver=ddim, solver.eta=0.0]}
           - {overrides: [solver=ddpm, solver.variance=fixed_large]}
+        setups:                          # optional second axis, crossed with runs (e.g. a model with its metrics)
+          - [model=gaussian, metrics=exact]
 
 The sweeper only produces override lists, so every launcher (basic, local, slurm) runs them
 unchanged. `dry_run=true` prints the plan of every run (launch/dry_run.py) and launches nothing.
@@ -28,6 +30,7 @@ LABEL_KEY = "experiment.published_solver"
 class NfebenchSweeperConf(BasicSweeperConf):
     _target_: str = "hydra_plugins.nfebench_launchers.sweeper.NfebenchSweeper"
     runs: Optional[List[Any]] = None
+    setups: Optional[List[Any]] = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="nfebench", node=NfebenchSweeperConf, provider="nfebench")
@@ -63,12 +66,12 @@ def expand(jobs: List[List[str]], runs) -> List[List[str]]:
 
 
 class NfebenchSweeper(BasicSweeper):
-    def __init__(self, max_batch_size: Optional[int] = None, params=None, runs=None) -> None:
+    def __init__(self, max_batch_size: Optional[int] = None, params=None, runs=None, setups=None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
-        self.runs = list(runs or [])
+        self.runs, self.setups = list(runs or []), list(setups or [])
 
     def split_arguments(self, overrides, max_batch_size):  # BasicSweeper.sweep calls it on self
-        jobs = expand(BasicSweeper.split_arguments(overrides, None)[0], self.runs)
+        jobs = expand(expand(BasicSweeper.split_arguments(overrides, None)[0], self.runs), self.setups)
         return list(BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size))
 
     def sweep(self, arguments: List[str]) -> Any:
