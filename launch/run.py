@@ -22,7 +22,7 @@ from models.thresholding import Thresholded
 from sampling.errors import NfebenchError
 from sampling.registry import get_solver
 from sampling.seeds import SampleNoise
-from sampling.timesteps import make_grid
+from sampling.timesteps import final_step, make_grid
 
 from .experiment import paper_count
 from .records import (RECORD_NAME, STATE_NAME, atomic_write_bytes, atomic_write_json, config_hash, git_state, npz_bytes,
@@ -67,7 +67,7 @@ def plan(cfg: dict):
     model = build_model(model_cfg)
     if cfg.get("dynamic_thresholding", {}).get("enabled"):
         model = Thresholded(model, **{k: v for k, v in cfg["dynamic_thresholding"].items() if k != "enabled"})
-    grid_opts = dict(cfg["schedule"])
+    grid_opts = grid_config(cfg)
     grid_name = grid_opts.pop("name", None)
     if grid_name == "explicit":
         steps = len(grid_opts.get("ts") or ()) - 1
@@ -94,9 +94,21 @@ def _check_solver_options(spec, opts: dict, nfe: int) -> None:
         raise NfebenchError(f"bad options for solver '{spec.name}' {opts}: {err}") from None
 
 
+def grid_config(cfg) -> dict:
+    """The schedule the solver walks: a protocol preset's (protocol=diffusers) replaces `schedule`."""
+    protocol = cfg.get("protocol") or {}
+    if protocol.get("name", "native") == "native":
+        return dict(cfg["schedule"])
+    if not protocol.get("schedule"):
+        raise NfebenchError(f"protocol '{protocol['name']}' has no preset for solver '{cfg['solver'].get('name')}'; "
+                            f"presets: {', '.join(protocol.get('solvers', []))}")
+    return dict(protocol["schedule"])
+
+
 def _final_denoise_cost(cfg) -> int:
-    # denoise_to_zero: one extra, counted evaluation that replaces x(t_end) by the model's x0.
-    return 1 if cfg.get("denoise_to_zero") else 0
+    # denoise_to_zero, or a grid whose last step goes to sigma = 0: one extra, counted evaluation that
+    # replaces x at the last grid point by the model's x0.
+    return 1 if cfg.get("denoise_to_zero") or final_step(grid_config(cfg)) else 0
 
 
 def _nonfinite_message(counter: CountedDenoiser) -> str:
@@ -135,8 +147,8 @@ def sample_batches(cfg: dict, model, spec, solver_opts, ts, dtype, device, on_ba
         counter = CountedDenoiser(model, budget=nfe, cond=cond)
         with torch.no_grad():
             x = spec.fn(counter, x_start, ts, noise, rng, **solver_opts)
-            if cfg.get("denoise_to_zero"):
-                x = counter(x, float(ts[-1]))
+            if _final_denoise_cost(cfg):
+                x = spec.final(counter, x, float(ts[-1]), **solver_opts) if spec.final else counter(x, float(ts[-1]))
         if not bool(torch.isfinite(x).all()):
             raise NfebenchError(_nonfinite_message(counter))
         counted.add(counter.count)
@@ -203,12 +215,12 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
         "model": {"name": cfg["model"].get("name"), **model.describe()},
         "solver": {"name": spec.name, "options": solver_opts, "steps": steps,
                    **(spec.describe(steps, **solver_opts) if spec.describe else {})},
-        "schedule": {**dict(cfg["schedule"]), "t_grid": [float(t) for t in ts],
+        "schedule": {**grid_config(cfg), "final_x0_step": bool(_final_denoise_cost(cfg)), "t_grid": [float(t) for t in ts],
                      "edm_sigma_grid": [float(s) for s in model.noise.edm_sigma(ts)]},
         "nfe": {"requested": cfg["nfe"], "counted": counted, "network_evals": stats["network_evals"],
                 **paper_count(cfg, steps, counted)},
         "metrics": results,
-        "metrics_protocol": {**suite.protocol(), "denoise_to_zero": bool(cfg.get("denoise_to_zero")),
+        "metrics_protocol": {**suite.protocol(), "denoise_to_zero": bool(_final_denoise_cost(cfg)),
                              "seed": cfg["seed"], "index_range": [first, first + cfg["num_samples"]],
                              "save_samples": cfg.get("save_samples") or False},
         "samples": {"num_samples": cfg["num_samples"], "seed": cfg["seed"], "index_range": [first, first + cfg["num_samples"]],
@@ -232,6 +244,6 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
 def summary_line(rec: dict, out_dir) -> str:
     opts = ",".join(f"{k}={v}" for k, v in sorted(rec["solver"]["options"].items()))
     mets = " ".join(f"{k}={v:.6g}" for k, v in rec["metrics"].items())
-    return (f"{rec['model']['name']} | {rec['solver']['name']}({opts}) | {rec['config']['schedule']['name']} | "
+    return (f"{rec['model']['name']} | {rec['solver']['name']}({opts}) | {rec['schedule']['name']} | "
             f"nfe {rec['nfe']['requested']} (counted {rec['nfe']['counted']}) | {mets} | "
             f"{rec['samples']['num_samples']} samples | {rec['timing']['total_s']:.1f}s | {out_dir}")

@@ -23,6 +23,7 @@ class SolverSpec:
     cost: Callable = _same           # (steps, **options) -> model evaluations those steps spend
     describe: Callable | None = None  # (steps, **options) -> extra facts for the run record
     stochastic: bool = False
+    final: Callable | None = None    # (model, x, t, **options) -> x0: the step to sigma = 0 (default: model(x, t))
 
     def min_nfe(self, **options) -> int:
         return self.cost(1, **options)

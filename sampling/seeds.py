@@ -3,11 +3,17 @@
 Each sample owns a CPU generator. Its first draw is the initial noise; every later draw
 (per-step noise of stochastic solvers) continues the same stream. A batch just stacks the
 draws of its samples, so results cannot depend on batch size, sharding or device.
+
+Draws are always made in float32 and then cast (as EDM's StackedRandomGenerator does), so a
+float64 run starts from the same noise as a float32 run, only held in more precision; drawing
+in the run's dtype would give unrelated streams.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+DRAW_DTYPE = torch.float32  # one fixed draw dtype: the noise must not depend on the run's dtype
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -27,8 +33,8 @@ class SampleNoise:
 
     def draw(self) -> torch.Tensor:
         """One fresh N(0, I) tensor of shape (batch, *shape)."""
-        out = torch.stack([torch.randn(self.shape, generator=g, dtype=self.dtype) for g in self._gens])
-        return out.to(self.device)
+        out = torch.stack([torch.randn(self.shape, generator=g, dtype=DRAW_DTYPE) for g in self._gens])
+        return out.to(device=self.device, dtype=self.dtype)
 
     def like(self, x: torch.Tensor) -> torch.Tensor:
         return self.draw().to(dtype=x.dtype)

@@ -100,6 +100,111 @@ def discrete(noise, steps, t_start, t_end, spacing: str = "leading", steps_offse
     return np.append(t, t_end)
 
 
+def _discrete_steps(noise, what):
+    n_train = getattr(noise, "num_train_timesteps", None)
+    if n_train is None:
+        raise NfebenchError(f"{what} needs a discrete-time (vp_discrete) schedule, not '{noise.name}'")
+    return n_train
+
+
+def _final_points(noise, n, final, t_end, what):
+    """Grid from training steps n (largest first) and the rule for the last step.
+
+    final "zero": the grid ends at the last training step; the step to sigma = 0 after it is the x0
+    prediction there, one counted evaluation the harness adds (launch.run). "sigma_min": the grid goes on
+    to t_end (default 1/N = alphas_cumprod[0]).
+    """
+    t = (np.asarray(n, dtype=np.float64) + 1.0) / noise.num_train_timesteps
+    if final == "zero":
+        return t
+    if final != "sigma_min":
+        raise NfebenchError(f"{what}: final must be zero or sigma_min; got '{final}'")
+    if t[-1] <= t_end:
+        raise NfebenchError(f"{what} gives training steps {np.asarray(n).tolist()}, which must lie above t_end={t_end:g}")
+    return np.append(t, t_end)
+
+
+@register_grid("ddim_uniform")
+def ddim_uniform(noise, steps, t_start, t_end, final: str = "zero"):
+    """DDIM's reference code, skip_type "uniform": n = 0, k, 2k, ... with k = N // S, walked from the top.
+
+    S = steps + 1 evaluations (final "zero": DDIM's last step goes to alpha_bar = 1, the x0 prediction).
+    """
+    n_train = _discrete_steps(noise, "ddim_uniform")
+    S = steps + 1 if final == "zero" else steps
+    n = np.arange(0, n_train, n_train // S)[::-1]
+    if len(n) != S:
+        raise NfebenchError(f"ddim_uniform: DDIM's skip {n_train} // {S} = {n_train // S} gives {len(n)} evaluations, "
+                            f"not {S}; choose a number of evaluations that divides {n_train}")
+    return _final_points(noise, n, final, t_end, "ddim_uniform")
+
+
+@register_grid("ddim_quadratic")
+def ddim_quadratic(noise, steps, t_start, t_end, final: str = "zero"):
+    """DDIM's reference code, skip_type "quad": n = int(v^2), v uniform on [0, sqrt(0.8 N)], S = steps + 1 points.
+
+    For S >= ~40 its first points repeat (int(v^2) = 0 twice); DDIM's code then spends an evaluation
+    on a zero-length step that leaves x unchanged. Here repeats are merged, so counted NFE is lower
+    than the requested budget and the record says so.
+    """
+    n_train = _discrete_steps(noise, "ddim_quadratic")
+    S = steps + 1 if final == "zero" else steps
+    n = np.unique((np.linspace(0, np.sqrt(n_train * 0.8), S) ** 2).astype(np.int64))[::-1]
+    return _final_points(noise, n, final, t_end, "ddim_quadratic")
+
+
+def _dpm_family(n_train, N, spacing, offset):
+    # DPMSolverMultistep, UniPC and DEIS: N + 1 points, the last (step 0) dropped
+    if spacing == "linspace":
+        return np.linspace(0, n_train - 1, N + 1).round()[::-1][:-1]
+    if spacing == "leading":
+        return (np.arange(N + 1) * (n_train // (N + 1)))[::-1][:-1] + offset
+    return np.round(n_train - np.arange(N) * (n_train / N)) - 1
+
+
+def _euler_family(n_train, N, spacing, offset):
+    # EulerDiscrete and HeunDiscrete: linspace is not rounded (fractional steps; float32 as diffusers)
+    if spacing == "linspace":
+        return np.linspace(0, n_train - 1, N, dtype=np.float32)[::-1].astype(np.float64)
+    if spacing == "leading":
+        return _leading(n_train, N) + offset
+    return _trailing(n_train, N)
+
+
+def _ddim_family(n_train, N, spacing, offset):
+    # DDIM, DDPM, PNDM: steps_offset applies to every spacing's result
+    return SPACINGS[spacing](n_train, N) + (offset if spacing == "leading" else 0)
+
+
+DIFFUSERS_FAMILIES = {"dpmsolver": _dpm_family, "euler": _euler_family, "ddim": _ddim_family}
+
+
+@register_grid("diffusers")
+def diffusers_grid(noise, steps, t_start, t_end, family: str = "dpmsolver", spacing: str = "linspace",
+                   steps_offset: int = 0, final: str = "zero"):
+    """The timesteps of a diffusers scheduler's set_timesteps, by scheduler family.
+
+    dpmsolver: DPMSolverMultistep, UniPC, DEIS; euler: EulerDiscrete, HeunDiscrete; ddim: DDIM, DDPM,
+    PNDM. final "zero" (diffusers' final_sigmas_type="zero", DDIM's set_alpha_to_one): the grid has
+    diffusers' N = steps + 1 timesteps and the harness adds the x0 prediction at the last; "sigma_min":
+    N = steps timesteps, then t_end.
+    """
+    n_train = _discrete_steps(noise, "the diffusers grid")
+    if family not in DIFFUSERS_FAMILIES:
+        raise NfebenchError(f"unknown diffusers scheduler family '{family}'; valid: {', '.join(DIFFUSERS_FAMILIES)}")
+    if spacing not in SPACINGS:
+        raise NfebenchError(f"unknown timestep spacing '{spacing}'; valid: {', '.join(SPACINGS)}")
+    N = steps + 1 if final == "zero" else steps
+    n = DIFFUSERS_FAMILIES[family](n_train, N, spacing, int(steps_offset))
+    return _final_points(noise, n, final, t_end, f"the diffusers '{family}' grid ({spacing}, steps_offset={steps_offset})")
+
+
+def final_step(grid_opts) -> bool:
+    """True when a grid's last step goes to sigma = 0, taken as the x0 prediction (one more NFE)."""
+    return grid_opts.get("name") in ("ddim_uniform", "ddim_quadratic", "diffusers") and \
+        grid_opts.get("final", "zero") == "zero"
+
+
 def _pin_ends(t, t_start, t_end):
     # Round-tripping through lambda moves the ends by ~1e-16; keep them exact so grids compare equal.
     t = np.array(t, dtype=np.float64)

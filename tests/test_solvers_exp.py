@@ -287,6 +287,7 @@ def test_sde_moments_converge(order, expected):
 # Golden values: mean and mean |x| of the output at nfe=10 on the gaussian (x0 prediction, logsnr
 # grid, fixed noise). Computed once from this implementation after it matched diffusers
 # (test_vs_diffusers_exp) and the convergence tests above; they guard against regressions only.
+# dpmpp_sde-2M regenerated when SampleNoise began drawing float32 and casting (issue 10).
 GOLDEN = {
     "dpmpp-2M": (-0.10771017587504206, 0.5307999660401665),
     "dpmpp-3M": (-0.11017939400678596, 0.5401002424045126),
@@ -300,7 +301,7 @@ GOLDEN = {
     "deis-3": (-0.10578302321202955, 0.5128985506553919),
     "deis-2": (-0.10360697244407822, 0.49282070117602134),
     "deis-3-t": (-0.10228778055655953, 0.4968976304604639),
-    "dpmpp_sde-2M": (-0.09405843539192756, 0.45996467272542757),
+    "dpmpp_sde-2M": (-0.07073923685501791, 0.4416697272306738),
 }
 
 

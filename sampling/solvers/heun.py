@@ -1,7 +1,13 @@
 """EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithms 1 and 2).
 
-EDM's last step goes to sigma = 0 and so takes no correction: N steps cost 2N - 1 model
-evaluations. ``final_euler`` keeps that rule (default); false corrects every step (2N).
+``final_euler`` (default true) leaves the correction out of the last grid step, so N steps cost
+2N - 1 evaluations; false corrects every step (2N).
+
+``final_step: edm`` is EDM's Algorithm 1 as generate.py runs it: Heun steps (all corrected) down
+to the last grid point sigma_min, then a plain Euler step from sigma_min to 0, which is the x0
+prediction there. EDM's N steps are N - 1 grid steps plus that one: 2N - 1 NFE (35 at N = 18).
+It differs from final_euler=true, which drops the correction of a real step ending at sigma_min.
+final_euler is unused with final_step=edm.
 S_churn > 0 adds EDM's stochastic churn before each step (see euler.py); default off.
 """
 from __future__ import annotations
@@ -10,29 +16,50 @@ from ..registry import register_solver
 from .euler import churn_describe, churn_plan, churned
 from .grid import grid_coeffs
 
+FINAL_STEPS = (None, "edm")
 
-def _steps(nfe, final_euler=True, **_):
+
+def _check(final_step, S_churn=0.0):
+    if final_step not in FINAL_STEPS:
+        raise ValueError(f"final_step must be null or edm; got {final_step!r}")
+    if final_step == "edm" and float(S_churn) > 0:
+        # EDM's Algorithm 2 sets gamma from its N steps and may churn before the final Euler step too
+        raise ValueError("final_step=edm is EDM's deterministic Algorithm 1; use S_churn=0")
+
+
+def _steps(nfe, final_euler=True, final_step=None, S_churn=0.0, **_):
+    _check(final_step, S_churn)
+    if final_step == "edm":
+        return (nfe - 1) // 2
     return (nfe + 1) // 2 if final_euler else nfe // 2
 
 
-def _cost(steps, final_euler=True, **_):
+def _cost(steps, final_euler=True, final_step=None, **_):
+    _check(final_step)
+    if final_step == "edm":
+        return 2 * steps + 1
     return 2 * steps - 1 if final_euler else 2 * steps
 
 
 @register_solver("heun", steps=_steps, cost=_cost, describe=churn_describe, stochastic=True)
-def sample_heun(model, x, ts, noise, rng=None, final_euler: bool = True, S_churn: float = 0.0,
-                S_tmin: float = 0.0, S_tmax: float | None = None, S_noise: float = 1.0):
+def sample_heun(model, x, ts, noise, rng=None, final_euler: bool = True, final_step: str | None = None,
+                S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float | None = None, S_noise: float = 1.0):
+    _check(final_step, S_churn)
     g = grid_coeffs(noise, ts)
     t_hat, a_hat, s_hat, std = churn_plan(noise, g, S_churn, S_tmin, S_tmax, S_noise)
     n = len(ts) - 1
+    correct_last = final_step == "edm" or not final_euler
     x = x / g.alpha[0]
     for i in range(n):
         x = churned(x, std[i], rng)
         ds = g.s[i + 1] - s_hat[i]
         d = (x - model(a_hat[i] * x, t_hat[i])) / s_hat[i]
         x_next = x + ds * d
-        if i < n - 1 or not final_euler:
+        if i < n - 1 or correct_last:
             d_next = (x_next - model(g.alpha[i + 1] * x_next, g.t[i + 1])) / g.s[i + 1]
             x_next = x + ds * 0.5 * (d + d_next)
         x = x_next
+    if final_step == "edm":
+        # Euler from sigma_min to 0: x + (0 - s) (x - D) / s = D, the x0 prediction at sigma_min
+        return model(g.alpha[-1] * x, g.t[-1])
     return g.alpha[-1] * x
