@@ -76,6 +76,30 @@ def git_state() -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
+# What every reader of a record relies on; a record without one of these is damaged.
+REQUIRED_KEYS = ("status", "config", "config_hash", "model", "solver", "nfe", "metrics", "samples")
+
+
+def load_record(path: Path) -> dict:
+    """One record.json as a dict; a truncated, non-JSON or key-less file is one error line naming it."""
+    from sampling.errors import NfebenchError
+
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise NfebenchError(f"cannot read record {path}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise NfebenchError(f"corrupt record {path}: not valid JSON ({err.msg} at line {err.lineno}, "
+                            f"column {err.colno}); truncated?") from None
+    if not isinstance(rec, dict):
+        raise NfebenchError(f"corrupt record {path}: a JSON {type(rec).__name__}, not an object")
+    missing = [k for k in REQUIRED_KEYS if k not in rec]
+    if missing:
+        raise NfebenchError(f"incomplete record {path}: missing {', '.join(missing)}")
+    return rec
+
+
 def read_records(root: Path) -> list[dict]:
     """Every complete record under root (the collector's only input)."""
     out = []
