@@ -21,14 +21,14 @@ def plan_run(cfg: dict) -> dict:
     """The cost of one run from its resolved config alone (solver registry and grid rules, no model)."""
     from sampling.registry import get_solver
 
-    from .run import _check_solver_options, _final_denoise_cost, _positive_int
+    from .run import _check_solver_options, _final_denoise_cost, _positive_int, grid_config
 
     nfe = _positive_int(cfg, "nfe")
     samples = _positive_int(cfg, "num_samples")
     opts = dict(cfg["solver"])
     spec = get_solver(opts.pop("name", None))
     _check_solver_options(spec, opts, nfe)
-    schedule = dict(cfg["schedule"])
+    schedule = grid_config(cfg)
     extra = _final_denoise_cost(cfg)
     if schedule.get("name") == "explicit":
         steps = len(schedule.get("ts") or ()) - 1
@@ -41,7 +41,7 @@ def plan_run(cfg: dict) -> dict:
         raise NfebenchError(f"solver '{spec.name}' needs {counted} NFE for {steps} steps but the budget is nfe={nfe}")
     per_nfe = EVALS_PER_NFE.get(cfg["model"].get("family"), 1)
     return {"model": cfg["model"].get("name"), "solver": spec.name, "options": opts, "schedule": schedule.get("name"),
-            "nfe": nfe, "counted": counted, "steps": steps, **paper_count(cfg, steps, counted), "samples": samples,
+            "nfe": nfe, "counted": counted, "steps": steps, **paper_count(cfg, steps + extra, counted), "samples": samples,
             "nfe_x_samples": counted * samples, "network_evals": counted * samples * per_nfe,
             "published_solver": (cfg.get("experiment") or {}).get("published_solver")}
 

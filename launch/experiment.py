@@ -15,7 +15,8 @@ from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 
-# The paper's cost of one run from (solver steps, counted NFE). nfebench always counts every model
+# The paper's cost of one run from (steps, counted NFE), where steps include a final x0 step (DDIM's
+# step to alpha_bar = 1, diffusers' final_sigmas_type "zero"). nfebench always counts every model
 # evaluation; a paper that plots "steps" (DDIM's S, diffusers' num_inference_steps) counts Heun's
 # 2N-1 evaluations as N and PLMS's N+1 as N.
 CONVENTIONS = {

@@ -218,7 +218,7 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
         "schedule": {**grid_config(cfg), "final_x0_step": bool(_final_denoise_cost(cfg)), "t_grid": [float(t) for t in ts],
                      "edm_sigma_grid": [float(s) for s in model.noise.edm_sigma(ts)]},
         "nfe": {"requested": cfg["nfe"], "counted": counted, "network_evals": stats["network_evals"],
-                **paper_count(cfg, steps, counted)},
+                **paper_count(cfg, steps + _final_denoise_cost(cfg), counted)},
         "metrics": results,
         "metrics_protocol": {**suite.protocol(), "denoise_to_zero": bool(_final_denoise_cost(cfg)),
                              "seed": cfg["seed"], "index_range": [first, first + cfg["num_samples"]],
