@@ -7,8 +7,9 @@
 `run` sweeps `+experiment=leaderboard_cpu` (one thread per run, so the numbers do not depend on the
 machine's core count) and renders; `check` does the same into a temporary folder and fails, with a
 diff, when the committed README.md or leaderboard.csv differs. Numbers are rounded to 4 significant
-digits before ranking, so what is compared is exactly what is shown. Plots are not compared (their
-bytes depend on the matplotlib and font versions); timing.json is not either.
+digits before ranking, so what is compared is exactly what is shown. Ranking and best-cell marking
+are done here; the plots (one figure per metric) are the collector's (`results.collect --plot`). Plots
+are not compared (their bytes depend on the matplotlib and font versions); timing.json is not either.
 """
 from __future__ import annotations
 
@@ -115,36 +116,15 @@ def markdown_table(sub: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(sub: pd.DataFrame, title: str, ylabel: str, stem: Path) -> list[Path]:
-    import matplotlib
+def plots(sweep_dir: Path, out: Path, metrics: list[str]) -> None:
+    """metric vs counted NFE, one figure per metric (a panel per model), drawn by the collector's CLI."""
+    from . import collect
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams["svg.hashsalt"] = "nfebench"  # fixed element ids
-    fig, ax = plt.subplots(figsize=(8.5, 4.8))
-    solvers = sorted(sub["solver"].unique())
-    cmap = plt.get_cmap("tab20")
-    for i, s in enumerate(solvers):
-        d = sub[sub["solver"] == s].sort_values("counted_nfe")
-        ax.plot(d["counted_nfe"], d["value"].astype(float), marker="os^vD<>ph"[i % 9], ms=4, lw=1.2,
-                color=cmap(i % 20), label=s)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("counted NFE (model evaluations)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
-    fig.tight_layout()
-    out = []
-    for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
-        path, buf = stem.with_suffix(f".{ext}"), io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=110, metadata=meta)
-        atomic_write_bytes(path, buf.getvalue())
-        out.append(path)
-    plt.close(fig)
-    return out
+    for metric in metrics:
+        for ext in ("png", "svg"):
+            if collect.main([str(sweep_dir), "--metric", metric, "--format", "csv", "--out", os.devnull,
+                             "--plot", str(out / f"{metric}.{ext}")]) != 0:
+                raise NfebenchError(f"the collector could not plot {metric} from {sweep_dir}")
 
 
 def render(sweep_dir: Path, out: Path) -> pd.DataFrame:
@@ -174,11 +154,9 @@ def render(sweep_dir: Path, out: Path) -> pd.DataFrame:
         sub = df[(df["model"] == model) & (df["metric"] == metric)]
         if sub.empty:
             continue
-        stem = out / f"{model}_{metric}"
-        title = f"{model}: {metric} vs counted NFE ({samples[model]} samples, seed 0)"
-        plot(sub, title, metric, stem)
         text += [f"## `{model}`: `{metric}`", "", what + ".", "", markdown_table(sub),
-                 f"![{model} {metric}]({stem.name}.png)", ""]
+                 f"![{metric} vs counted NFE]({metric}.png) ([SVG]({metric}.svg))", ""]
+    plots(sweep_dir, out, [m for m in dict.fromkeys(t[1] for t in TABLES) if m in set(df["metric"])])
     csv = df[["model", "metric", "solver", "nfe", "counted_nfe", "value", "rank", "num_samples", "seed"]]
     atomic_write_bytes(out / "leaderboard.csv", csv.to_csv(index=False, lineterminator="\n").encode())
     atomic_write_bytes(out / "README.md", "\n".join(text).encode())
