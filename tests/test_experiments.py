@@ -16,7 +16,9 @@ from hydra_plugins.nfebench_launchers.sweeper import expand, run_overrides
 from launch.dry_run import plan_run
 from launch.experiment import experiment_names, published_rows
 from results import published as collector_published
-from sampling.registry import SOLVERS, get_solver
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sampling.solvers  # noqa: F401  (registers every solver, so SOLVERS is complete)
+from sampling.registry import SOLVERS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -195,3 +197,69 @@ def test_a_published_name_that_matches_nothing_is_refused():
 
     with pytest.raises(NfebenchError, match="no published row has table 'Table 7'"):
         collector_published.published_rows(DDIM, "Table 7", "DDPM (Ho et al. 2020) CIFAR-10")
+
+
+# ---- end to end on miniature checkpoints --------------------------------------------------------------
+
+# experiment -> (its checkpoint's model config, whether published_fid.csv has rows for it)
+E2E = {"ddim_table1_cifar10": ("cifar10_ddpm", True), "ddim_table3_church": ("lsun_church_ddpm", True),
+       "ddim_table3_bedroom": ("lsun_bedroom_ddpm", True), "zoo_cifar10_ddpm": ("cifar10_ddpm", True),
+       "zoo_celebahq_ddpm": ("celebahq_ddpm", False), "zoo_lsun_church_ddpm": ("lsun_church_ddpm", True),
+       "zoo_lsun_bedroom_ddpm": ("lsun_bedroom_ddpm", True), "zoo_celebahq_ldm": ("celebahq_ldm", False),
+       "zoo_imagenet256_dit": ("imagenet256_dit", False)}
+
+
+@pytest.fixture(scope="module")
+def miniatures(tmp_path_factory):
+    from metrics.features import build_extractor
+    from test_models_pretrained import save_checkpoint
+
+    root = tmp_path_factory.mktemp("mini")
+    for model in sorted({m for m, _ in E2E.values()}):
+        save_checkpoint(model, root)
+    dim = build_extractor("tiny").feature_dim
+    np.savez(root / "ref.npz", mu=np.zeros(dim), sigma=np.eye(dim))  # the tiny extractor's stand-in statistics
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(E2E))
+def test_experiment_runs_end_to_end_on_a_miniature_then_through_the_collector(name, miniatures, tmp_path):
+    """The experiment as a user runs it, on a tiny random network saved in its checkpoint's layout, at one NFE
+    with two samples and the tiny FID extractor; the 256x256 zoos run two of their solvers (ddim, heun: the
+    full list composes and plans in the dry-run test above; here the cost is the network's)."""
+    model, has_rows = E2E[name]
+    sweep = tmp_path / "sweep"
+    narrow = []
+    if name.startswith("zoo_") and model != "cifar10_ddpm":
+        narrow = ["hydra.sweeper.runs=[{published:'DDIM eta=0.0',overrides:['solver=ddim','protocol=diffusers']},"
+                  "['solver=heun','protocol=diffusers']]"]
+    r = launch("-m", f"+experiment={name}", f"model.path={miniatures / model}", "num_samples=2", "batch_size=2",
+               "nfe=10", "metrics.extractor=tiny", f"metrics.reference={miniatures / 'ref.npz'}",
+               f"metrics.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", *narrow)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    recs = [json.loads(p.read_text()) for p in sweep.rglob("record.json")]
+    n_runs = {"ddim_table1_cifar10": 5, "ddim_table3_church": 2, "ddim_table3_bedroom": 2,
+              "zoo_cifar10_ddpm": len(SOLVERS)}.get(name, 2)
+    assert len(recs) == n_runs and f"{n_runs} runs: {n_runs} done" in r.stdout
+    for rec in recs:
+        assert rec["config"]["experiment"]["name"] == name and rec["model"]["name"] == model
+        # both counts are kept: nfebench's counted evaluations and the paper's steps
+        assert rec["nfe"]["paper"]["convention"] == "steps" and rec["nfe"]["counted"] <= 10
+        assert np.isfinite(rec["metrics"]["fid"])
+    heun = [rec for rec in recs if rec["solver"]["name"] == "heun"]
+    assert all((h["nfe"]["counted"], h["nfe"]["paper"]["value"]) == (9, 5) for h in heun)
+    if name.startswith("ddim_"):
+        assert {rec["config"]["experiment"]["published_solver"] for rec in recs} == set(
+            experiment_file(name)["hydra"]["sweeper"]["runs"][i]["published"] for i in range(n_runs))
+    table, plot = tmp_path / "table.md", tmp_path / "plot.png"
+    c = subprocess.run([sys.executable, "-m", "results.collect", str(sweep), "--compare", "published", "--plot",
+                        str(plot), "--out", str(table)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    if has_rows:
+        assert c.returncode == 0, c.stderr
+        text = table.read_text()
+        assert "FID 10" in text and " / " in text  # ours / published (difference) in a cell
+        assert plot.stat().st_size > 10_000
+    else:  # nothing published for this checkpoint: one line, no table, no plot
+        assert c.returncode == 2 and len(c.stderr.strip().splitlines()) == 1, c.stderr
+        assert c.stderr.startswith("nfebench: error:") and not table.exists() and not plot.exists()
