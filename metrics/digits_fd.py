@@ -48,5 +48,5 @@ class DigitsFDMetrics:
         return {"fd_digits": frechet_distance(self.moments.mean, self.moments.cov(), mean, cov)}
 
     def protocol(self) -> dict:
-        return {"suite": "digits_fd", "reference": "sklearn load_digits, 1797 images, pixel/8 - 1, unbiased covariance",
-                "num_samples": self.moments.n}
+        return {"suite": "digits_fd", "num_samples": self.moments.n,
+                "reference": {"id": "sklearn load_digits: 1797 images, pixel/8 - 1, unbiased covariance"}}
