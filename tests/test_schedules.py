@@ -47,8 +47,18 @@ def test_discrete_schedule_sits_on_the_training_steps():
     assert ns.eps == pytest.approx(1e-3) and ns.T == 1.0
 
 
-# "discrete" only exists on vp_discrete and starts at its first spaced step, not T (tests/test_vs_diffusers_classic.py).
-@pytest.mark.parametrize("grid", sorted(set(TIME_GRIDS) - {"explicit", "discrete"}))
+# The training-step grids only exist on vp_discrete and start at their first spaced step, not T
+# (tests/test_vs_diffusers_classic.py, test_vs_diffusers_protocol.py, test_solvers_protocols.py).
+DISCRETE_ONLY = {"discrete", "ddim_uniform", "ddim_quadratic", "diffusers"}
+
+
+@pytest.mark.parametrize("grid", sorted(DISCRETE_ONLY))
+def test_training_step_grids_refuse_continuous_schedules(grid):
+    with pytest.raises(NfebenchError, match="vp_discrete"):
+        make_grid(make_noise_schedule(type="vp_linear"), 12, grid)
+
+
+@pytest.mark.parametrize("grid", sorted(set(TIME_GRIDS) - {"explicit"} - DISCRETE_ONLY))
 def test_grids_are_decreasing_and_span_the_schedule(grid):
     ns = make_noise_schedule(type="vp_linear")
     ts = make_grid(ns, 12, grid)

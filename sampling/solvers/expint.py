@@ -81,11 +81,13 @@ def lagrange_weights(st: Step, nodes) -> list[float]:
     return w
 
 
-def multistep_weights(st: Step, order: int, r: list[float]) -> list[float]:
+def multistep_weights(st: Step, order: int, r: list[float], d2_weight: float = 1.0) -> list[float]:
     """DPM-Solver(++) multistep weights on (m_k, m_{k-1}, m_{k-2}) (Lu et al. 2022b, Alg. 2; 3M from their code).
 
     r[i] = h_{k-1-i}/h_k are the past step ratios. Order 2 is the midpoint form (1/2 E_1 on the first
     difference); order 3 uses the Taylor-form divided differences D1, D2 with E_2, E_3 as the reference code.
+    D2 ~ h^2 x0''/2 while the Taylor term integrates h^2 x0'' E_3, so exact quadratic integration needs
+    d2_weight = 2; the reference code (and diffusers, k-diffusion) use 1.
     """
     e0 = np.array([1.0, 0.0, 0.0])
     if order == 1:
@@ -96,7 +98,7 @@ def multistep_weights(st: Step, order: int, r: list[float]) -> list[float]:
     d1_1 = np.array([0.0, 1.0, -1.0]) / r[1]
     d1 = d1_0 + r[0] / (r[0] + r[1]) * (d1_0 - d1_1)
     d2 = (d1_0 - d1_1) / (r[0] + r[1])
-    return list(st.scale * (st.E(1) * e0 + st.E(2) * d1 + st.E(3) * d2))
+    return list(st.scale * (st.E(1) * e0 + st.E(2) * d1 + d2_weight * st.E(3) * d2))
 
 
 def past_ratios(g, k: int, order: int) -> list[float]:
