@@ -175,6 +175,10 @@ def build_tables(recs: list[dict]) -> list[Table]:
             if prev["samples"]["index_range"] != rec["samples"]["index_range"]:
                 raise NfebenchError(f"unmerged shards in one cell ({row_label}, nfe={nfe}): {prev['_path']} and {path}; "
                                     f"run `python -m results.merge <sweep dir>` and collect <sweep dir>/merged")
+            hidden = _config_diff(prev["config"], rec["config"])
+            if hidden:  # something changes the numbers that the row label does not show: refuse, never mix
+                raise NfebenchError(f"two runs in one cell ({row_label}, nfe={nfe}, seed={seed}) differ in "
+                                    f"{', '.join(hidden)}: {prev['_path']} and {path}")
             continue  # the same samples run twice (another batch size or device): one measurement
         cell.by_seed[seed] = rec
         cell.counted.add(rec["nfe"]["counted"])
@@ -184,6 +188,18 @@ def build_tables(recs: list[dict]) -> list[Table]:
     for t in tables.values():  # the solver's default first, then its variants: stable across sweeps
         t.rows = dict(sorted(t.rows.items(), key=lambda kv: (kv[1].solver, len(kv[1].settings), kv[0])))
     return sorted(tables.values(), key=lambda t: t.title)
+
+
+# Config keys that change how a run is done, never its numbers.
+# (metrics: compared through the metric protocol instead, which leaves out caches and batch sizes.)
+HARMLESS = {"batch_size", "device", "grid_images", "save_samples", "skip_complete", "wandb", "launcher", "hydra",
+            "metrics"}
+
+
+def _config_diff(a: dict, b: dict) -> list[str]:
+    fa, fb = flatten(a), flatten(b)
+    return sorted(k for k in set(fa) | set(fb)
+                  if k.split(".")[0] not in HARMLESS and fa.get(k, "<missing>") != fb.get(k, "<missing>"))
 
 
 def _protocol_diff(a: str, b: str) -> str:
@@ -211,7 +227,9 @@ def pick_metrics(tables: list[Table], wanted: str | None) -> list[str]:
 def _mapped(entry: dict, model: str):
     from .settings import compose
 
-    cfg = compose(("model=" + model, *entry["overrides"])) or compose(tuple(entry["overrides"]))
+    cfg = None
+    for overrides in (entry.get("prefer"), entry["overrides"]):  # the paper's exact preset when this checkout has it
+        cfg = cfg or (overrides and (compose(("model=" + model, *overrides)) or compose(tuple(overrides))))
     if cfg is None:
         raise NfebenchError(f"{pub.MAP_YAML}: overrides {entry['overrides']} do not compose in this checkout")
     return cfg["solver"]["name"], settings(cfg)

@@ -50,31 +50,46 @@ def _compose(overrides: tuple[str, ...]) -> dict | None:
         return None
 
 
-def _defaults(model: str, solver: str, schedule: str | None) -> tuple[dict, str | None]:
-    """(flattened default config with this grid, the solver's own default grid name)."""
-    own = compose((f"model={model}", f"solver={solver}")) or compose((f"solver={solver}",)) or {}
+def _first(*candidates: tuple) -> dict | None:
+    for overrides in candidates:
+        cfg = compose(overrides)
+        if cfg is not None:
+            return cfg
+    return None
+
+
+def _defaults(model: str, solver: str, schedule: str | None, protocol: str | None) -> tuple[dict, dict]:
+    """(flattened default config with this grid and protocol, the solver's own config without them)."""
+    m, s = f"model={model}", f"solver={solver}"
+    p = (f"protocol={protocol}",) if protocol else ()
+    own = _first((m, s), (s,)) or {}
     with_grid = own
-    if schedule is not None:
-        with_grid = (compose((f"model={model}", f"solver={solver}", f"schedule={schedule}"))
-                     or compose((f"solver={solver}", f"schedule={schedule}")) or own)
-    return flatten({k: v for k, v in with_grid.items() if k not in NOT_SETTINGS}), (own.get("schedule") or {}).get("name")
+    if schedule is not None or protocol:
+        g = (f"schedule={schedule}",) if schedule is not None else ()
+        with_grid = _first((m, s, *g, *p), (s, *g, *p), (m, s, *g), (s, *g)) or own
+    return flatten({k: v for k, v in with_grid.items() if k not in NOT_SETTINGS}), own
 
 
 def settings(cfg: dict) -> dict:
-    """Dotted config keys whose values differ from the defaults; 'schedule' when the grid is not the solver's own.
+    """Dotted config keys whose values differ from the defaults; 'schedule' when the grid is not the
+    solver's own and 'protocol' when the run used another protocol preset than the default.
 
-    Solver options come first (as 'solver.<option>'), then the grid, then anything else.
+    Solver options come first (as 'solver.<option>'), then the protocol and grid, then anything else.
     """
     model, solver = (cfg.get("model") or {}).get("name"), (cfg.get("solver") or {}).get("name")
     schedule = (cfg.get("schedule") or {}).get("name")
-    base, own_grid = _defaults(model, solver, schedule)
+    protocol = (cfg.get("protocol") or {}).get("name") if isinstance(cfg.get("protocol"), dict) else None
+    base, own = _defaults(model, solver, schedule, protocol)
     flat = flatten({k: v for k, v in cfg.items() if k not in NOT_SETTINGS})
     diff = {k: v for k, v in flat.items()
-            if k not in ("solver.name", "schedule.name") and base.get(k, MISSING) != v}
-    if schedule != own_grid:
+            if k not in ("solver.name", "schedule.name", "protocol.name") and base.get(k, MISSING) != v}
+    if schedule != (own.get("schedule") or {}).get("name"):
         diff["schedule"] = schedule
-    order = lambda k: (0 if k.startswith("solver.") else 1 if k.startswith("schedule") else 2, k)  # noqa: E731
-    return {k: diff[k] for k in sorted(diff, key=order)}
+    if protocol is not None and protocol != (own.get("protocol") or {}).get("name"):
+        diff["protocol"] = protocol
+    rank = lambda k: (0 if k.startswith("solver.") else 1 if k.startswith("protocol") else  # noqa: E731
+                      2 if k.startswith("schedule") else 3, k)
+    return {k: diff[k] for k in sorted(diff, key=rank)}
 
 
 def model_settings(model_cfg: dict) -> dict:

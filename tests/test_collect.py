@@ -153,6 +153,19 @@ def test_incompatible_protocols_in_one_cell_are_one_error_line(tmp_path, capsys)
     assert not out.exists()
 
 
+def test_runs_that_differ_in_something_the_label_does_not_show_are_refused(tmp_path, capsys, monkeypatch):
+    record(tmp_path, "a", "batch_size=7", nfe=4)
+    record(tmp_path, "b", "batch_size=9", nfe=4)  # the same samples in other batches: one measurement
+    assert collect(capsys, tmp_path)[0] == 0
+    import results.settings
+
+    # a setting the labels do not show (as a key added later might be) must not be averaged away
+    monkeypatch.setattr(results.settings, "NOT_SETTINGS", results.settings.NOT_SETTINGS | {"t_end"})
+    record(tmp_path, "c", "t_end=0.01", nfe=4)
+    rc, _, err = collect(capsys, tmp_path)
+    assert "differ in t_end" in one_error_line(rc, err)
+
+
 def test_csv_and_latex_round_trip(tmp_path, capsys):
     record(tmp_path, "a", nfe=4, metrics={"fd_pixel": 34.4811, "ode_rmse": 0.23312})
     record(tmp_path, "b", "solver.eta=0.5", nfe=6, counted=5, metrics={"fd_pixel": 1.23456, "ode_rmse": 0.0123456})
@@ -278,11 +291,13 @@ def test_plot_png_and_svg_with_published_points(tmp_path, capsys):
 def test_load_record_names_the_damaged_file(tmp_path):
     p = tmp_path / "record.json"
     p.write_text('{"status": "complete", "config": {')
-    with pytest.raises(NfebenchError, match=f"corrupt record {re.escape(str(p))}: not valid JSON"):
+    with pytest.raises(NfebenchError) as err:
         load_record(p)
+    assert str(p) in str(err.value) and "JSON" in str(err.value) and "\n" not in str(err.value)
     p.write_text('{"status": "complete"}')
-    with pytest.raises(NfebenchError, match=f"incomplete record {re.escape(str(p))}: missing config, config_hash"):
+    with pytest.raises(NfebenchError) as err:
         load_record(p)
+    assert str(p) in str(err.value) and "config_hash" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_truncated_and_keyless_records_are_skipped_with_a_warning_or_refused_with_strict(tmp_path, capsys):
@@ -323,6 +338,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, needle
     assert sorted(p for p in tmp_path.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_a_real_sweep_through_launch_and_the_command_line(tmp_path):
     """launch.py writes the records; `python -m results.collect` in a subprocess reads them as a user would."""
     sweep = tmp_path / "sweep"
@@ -351,3 +367,22 @@ def test_a_real_sweep_through_launch_and_the_command_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "results.collect", str(sweep), "--format", "xls"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["nfebench: error: unknown --format 'xls'; valid: md, csv, tex"]
+
+
+def test_every_entry_of_the_published_map_names_real_csv_rows_and_composes():
+    """A typo in results/data/published_map.yaml would silently match nothing: every name must exist."""
+    from results.published import load_map, load_published
+
+    csv, data = load_published(), load_map()
+    for model, ck in data["checkpoints"].items():
+        assert compose((f"model={model}",)) is not None, model
+        rows = csv[(csv.dataset == ck["dataset"]) & csv.checkpoint.isin(ck["checkpoint"])]
+        assert set(rows.checkpoint) == set(ck["checkpoint"]), model
+    for entry in data["solvers"]:
+        rows = csv[(csv.solver == entry["solver"]) & (csv.schedule == entry["schedule"])]
+        if entry.get("source"):
+            rows = rows[rows.source.str.startswith(entry["source"])]
+        assert len(rows), entry
+        cfg = compose(tuple(entry["overrides"]))
+        assert cfg is not None and cfg["solver"]["name"] == entry["overrides"][0].split("=")[1], entry
+    assert set(data["metrics"]) == set(csv.metric)
