@@ -129,7 +129,7 @@ def test_leaderboard_plans_every_solver_and_the_readme_variants_on_three_models(
         assert (name, tuple(sorted(default.items()))) in labels, name
     variants = {(p["solver"], p["options"].get("order"), p["options"].get("variant"), p["options"].get("eta"),
                  p["options"].get("final_step")) for p in planned}
-    assert ("dpmpp", 3, None, None, None) in variants
+    assert ("dpmpp", 3, "reference", None, None) in variants and ("dpmpp", 3, "exact", None, None) in variants
     for variant in ("bh1", "bh2"):
         for order in (2, 3):
             assert ("unipc", order, variant, None, None) in variants

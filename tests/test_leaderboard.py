@@ -85,7 +85,7 @@ def test_committed_leaderboard_covers_every_table_solver_and_nfe():
         assert len(sub) == len(solvers) * 9 and (sub.groupby("nfe")["rank"].min() == 1).all()
         assert f"## `{model}`: `{metric}`" in readme
         assert (COMMITTED / f"{metric}.png").stat().st_size > 0 and (COMMITTED / f"{metric}.svg").is_file()
-    assert {"ddim", "ddim(eta=1.0)", "dpmpp(order=3)", "heun(final_step=edm)", "unipc(order=2)",
+    assert {"ddim", "ddim(eta=1.0)", "dpmpp(order=3)", "dpmpp(order=3,variant=exact)", "heun(final_step=edm)", "unipc(order=2)",
             "unipc(order=2,variant=bh2)", "unipc(variant=bh2)", "pndm", "time_shift"} <= solvers
     assert readme.count("**") >= 2 * 9 * len(lb.TABLES)
 
