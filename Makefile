@@ -7,7 +7,7 @@ TORCH   ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 
-.PHONY: install run test clean bench
+.PHONY: install run test clean bench leaderboard leaderboard-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,15 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m metrics.bench
 	$(PY) -m launch.bench_sweep
+
+# The CPU leaderboard (+experiment=leaderboard_cpu, one thread per run) -> results/leaderboard/ (commit it).
+# leaderboard-check regenerates it in a temporary folder and fails when a committed number differs.
+LEADERBOARD_LAUNCHER ?= local
+leaderboard: $(STAMP)
+	$(PY) -m results.leaderboard run --launcher $(LEADERBOARD_LAUNCHER)
+
+leaderboard-check: $(STAMP)
+	$(PY) -m results.leaderboard check --launcher $(LEADERBOARD_LAUNCHER)
 
 clean:
 	rm -rf runs sweeps outputs multirun .pytest_cache

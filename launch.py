@@ -19,6 +19,10 @@ def main(cfg):
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    if cfg_dict.get("dry_run"):  # a single run's plan; sweeps are planned by the sweeper, before any launch
+        from launch.dry_run import print_plan
+
+        return print_plan([cfg_dict])
     # identity() drops run-control keys, so the record's config_hash is what find_complete looks for
     if cfg_dict.get("skip_complete") and (done := find_complete(cfg_dict, hc.sweep.dir if hc.mode.name == "MULTIRUN" else out_dir)):
         print(f"skipped (complete record with the same config hash): {done}", flush=True)

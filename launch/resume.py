@@ -13,7 +13,7 @@ from pathlib import Path
 from .records import config_hash, move_aside, read_records
 
 # Keys that say how or where to run, not what to compute: they must not change a run's identity.
-NON_IDENTITY_KEYS = ("skip_complete", "wandb")
+NON_IDENTITY_KEYS = ("skip_complete", "wandb", "dry_run")
 SKIPPED = "skipped"  # the task's return value for a skipped run; the launchers' summary counts it
 
 

@@ -26,6 +26,7 @@ from sampling.seeds import SampleNoise
 from sampling.timesteps import final_step, make_grid
 
 from . import validate
+from .experiment import paper_count
 from .records import (RECORD_NAME, STATE_NAME, atomic_write_bytes, atomic_write_json, config_hash, git_state, npz_bytes,
                       versions)
 
@@ -241,7 +242,8 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
                    **(spec.describe(steps, **solver_opts) if spec.describe else {})},
         "schedule": {**grid_config(cfg), "final_x0_step": bool(_final_denoise_cost(cfg)), "t_grid": [float(t) for t in ts],
                      "edm_sigma_grid": [float(s) for s in model.noise.edm_sigma(ts)]},
-        "nfe": {"requested": cfg["nfe"], "counted": counted, "network_evals": stats["network_evals"]},
+        "nfe": {"requested": cfg["nfe"], "counted": counted, "network_evals": stats["network_evals"],
+                **paper_count(cfg, steps + _final_denoise_cost(cfg), counted)},
         "metrics": results,
         "metrics_protocol": {**suite.protocol(), "denoise_to_zero": bool(_final_denoise_cost(cfg)),
                              "seed": cfg["seed"], "index_range": [first, first + cfg["num_samples"]],

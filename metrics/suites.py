@@ -10,6 +10,7 @@ from __future__ import annotations
 from sampling.errors import NfebenchError
 
 from .clean_fid import CleanFidMetrics
+from .digits_fd import DigitsFDMetrics
 from .exact import ExactMetrics
 from .fid import FIDMetrics
 from .fid_is import FidIsMetrics
@@ -36,7 +37,7 @@ class NoMetrics:
 
 
 METRIC_SUITES = {"exact": ExactMetrics, "none": NoMetrics, "fid": FIDMetrics, "fid_is": FidIsMetrics,
-                 "clean_fid": CleanFidMetrics}
+                 "clean_fid": CleanFidMetrics, "digits_fd": DigitsFDMetrics}
 FID_SUITES = ("fid", "fid_is", "clean_fid")
 
 

@@ -1,0 +1,265 @@
+"""Replay experiments (configs/experiment/): each composes, its dry run plans exactly the published rows it
+names (NFE, solver options, grid, the paper's cost count), and the sweeper expands `runs:` for any launcher."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from hydra_plugins.nfebench_launchers.sweeper import expand, run_overrides
+from launch.dry_run import plan_run
+from launch.experiment import experiment_names, published_rows
+from results import published as collector_published
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sampling.solvers  # noqa: F401  (registers every solver, so SOLVERS is complete)
+from sampling.registry import SOLVERS
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+DDIM = "DDIM (Song, Meng, Ermon, ICLR 2021) arXiv:2010.02502"
+
+# The papers' protocols, written down here independently of the experiment files: the CSV's solver label ->
+# nfebench solver and options (DDIM's eta = sigma_hat is DDPM's fixed_large variance on DDIM's grid, Table 3
+# calls eta = 1 "DDPM"), and the CSV's schedule -> the DDIM reference code's skip grid.
+PAPER_SOLVERS = {
+    "DDIM eta=0.0": ("ddim", {"eta": 0.0}), "DDIM eta=0.2": ("ddim", {"eta": 0.2}),
+    "DDIM eta=0.5": ("ddim", {"eta": 0.5}), "DDIM eta=1.0": ("ddim", {"eta": 1.0}),
+    "DDIM eta=sigma_hat": ("ddpm", {"variance": "fixed_large"}), "DDPM eta=1.0": ("ddim", {"eta": 1.0}),
+}
+PAPER_GRIDS = {"time_quadratic": "ddim_quadratic", "time_uniform": "ddim_uniform"}
+ZOO_MODELS = ["cifar10_ddpm", "celebahq_ddpm", "lsun_church_ddpm", "lsun_bedroom_ddpm", "celebahq_ldm",
+              "imagenet256_dit"]
+
+
+def experiment_file(name) -> dict:
+    return yaml.safe_load((CONFIGS / "experiment" / f"{name}.yaml").read_text())
+
+
+def plans(name, *extra):
+    """The experiment's runs as the sweeper builds them (params x runs x setups). Composed once per
+    (setup, run) and planned at every NFE of the sweep: composition does not depend on nfe."""
+    sweeper = experiment_file(name)["hydra"]["sweeper"]
+    params = {k: str(v).split(",") for k, v in (sweeper.get("params") or {}).items()}
+    nfes = [int(n) for n in params.pop("nfe")]
+    base = [[f"+experiment={name}", *extra, *(f"{k}={v[0]}" for k, v in params.items())]]
+    assert all(len(v) == 1 for v in params.values()), "only nfe is swept besides runs and setups"
+    out = []
+    with initialize_config_dir(str(CONFIGS), version_base=None):
+        for job in expand(expand(base, sweeper.get("runs")), sweeper.get("setups")):
+            cfg = OmegaConf.to_container(compose("config", overrides=job), resolve=True)
+            for n in nfes:
+                out.append(plan_run({**cfg, "nfe": n}) | {"overrides": job})
+    return out
+
+
+def launch(*args, timeout=600):
+    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_the_experiments_are_the_issue_list():
+    assert set(experiment_names()) == {"ddim_table1_cifar10", "ddim_table3_church", "ddim_table3_bedroom",
+                                       "leaderboard_cpu", *(f"zoo_{m}" for m in ZOO_MODELS)}
+
+
+@pytest.mark.parametrize("name", ["ddim_table1_cifar10", "ddim_table3_church", "ddim_table3_bedroom",
+                                  *(f"zoo_{m}" for m in ZOO_MODELS)])
+def test_dry_run_plans_exactly_the_published_rows_named(name):
+    exp = experiment_file(name)["experiment"]
+    planned = plans(name)
+    assert planned and all(p["counted"] <= p["nfe"] for p in planned)
+    answered = set()
+    for spec in exp["published"]:
+        collector_published.published_rows(spec["source"], spec["table"], spec["checkpoint"])  # the names exist
+        rows = published_rows(spec)
+        assert len(rows) > 0
+        for row in rows.itertuples():
+            solver, opts = PAPER_SOLVERS[row.solver]
+            hits = [p for p in planned if p["published_solver"] == row.solver and p["nfe"] == row.nfe]
+            assert len(hits) == 1, (row.solver, row.nfe, len(hits))
+            p = hits[0]
+            assert p["solver"] == solver and {k: p["options"][k] for k in opts} == opts, (row.solver, p["options"])
+            # the paper counts S steps: the record's paper count is the row's NFE, and no evaluation is hidden
+            assert p["paper"] == {"convention": "steps", "value": row.nfe} and p["counted"] == row.nfe
+            if name.startswith("ddim_"):
+                assert p["schedule"] == PAPER_GRIDS[row.schedule]
+            answered.add((row.solver, row.nfe))
+    if name.startswith("ddim_"):
+        # a paper-table experiment runs nothing the table does not print
+        assert {(p["published_solver"], p["nfe"]) for p in planned} == answered
+        assert len(planned) == len(answered)
+    else:
+        # a zoo: every registered solver at every NFE of the issue, on its own model
+        assert {p["solver"] for p in planned} == set(SOLVERS)
+        assert {p["nfe"] for p in planned} == {5, 6, 8, 10, 12, 15, 20, 50}
+        assert {p["model"] for p in planned} == {name[len("zoo_"):]}
+        assert len(planned) == len(SOLVERS) * 8
+
+
+def test_zoo_solvers_use_diffusers_defaults_where_diffusers_has_the_scheduler():
+    presets = set(compose_protocol()["solvers"])
+    for p in plans("zoo_cifar10_ddpm"):
+        want = "diffusers" if p["solver"] in presets else p["schedule"]
+        assert p["schedule"] == want, (p["solver"], p["schedule"])
+    heun = {p["nfe"]: p for p in plans("zoo_cifar10_ddpm") if p["solver"] == "heun"}
+    # diffusers' Heun: N inference steps cost 2N-1 evaluations; the record keeps both numbers
+    assert (heun[10]["paper"]["value"], heun[10]["counted"]) == (5, 9)
+
+
+def compose_protocol():
+    with initialize_config_dir(str(CONFIGS), version_base=None):
+        return OmegaConf.to_container(compose("config", overrides=["protocol=diffusers"]), resolve=True)["protocol"]
+
+
+def test_leaderboard_plans_every_solver_and_the_readme_variants_on_three_models():
+    planned = plans("leaderboard_cpu")
+    assert {p["model"] for p in planned} == {"gaussian", "digits", "digits_unet"}
+    assert {p["nfe"] for p in planned} == {3, 4, 5, 6, 8, 10, 15, 20, 50}
+    labels = {(p["solver"], tuple(sorted(p["options"].items()))) for p in planned}
+    for name in SOLVERS:  # every registered solver with its config's default options
+        with initialize_config_dir(str(CONFIGS), version_base=None):
+            default = OmegaConf.to_container(compose("config", overrides=[f"solver={name}"]), resolve=True)["solver"]
+        default.pop("name")
+        assert (name, tuple(sorted(default.items()))) in labels, name
+    variants = {(p["solver"], p["options"].get("order"), p["options"].get("variant"), p["options"].get("eta"),
+                 p["options"].get("final_step")) for p in planned}
+    assert ("dpmpp", 3, "reference", None, None) in variants and ("dpmpp", 3, "exact", None, None) in variants
+    for variant in ("bh1", "bh2"):
+        for order in (2, 3):
+            assert ("unipc", order, variant, None, None) in variants
+    assert ("ddim", None, None, 1.0, None) in variants and ("heun", None, None, None, "edm") in variants
+    by_model = {}
+    for p in planned:
+        by_model.setdefault(p["model"], []).append(p)
+    assert len({len(v) for v in by_model.values()}) == 1  # the same solver grid on each model
+    assert all(p["paper"]["convention"] == "nfe" and p["paper"]["value"] == p["counted"] for p in planned)
+
+
+def test_sweeper_expansion_runs_times_jobs_command_line_wins_and_duplicates_drop():
+    runs = [{"published": "DDIM eta=0.0", "overrides": ["solver=ddim", "solver.eta=0.0"]}, ["solver=ddpm"]]
+    assert run_overrides(runs[0]) == ["solver=ddim", "solver.eta=0.0", "experiment.published_solver='DDIM eta=0.0'"]
+    jobs = expand([["nfe=10"], ["nfe=20"]], runs)
+    assert jobs == [["nfe=10", "solver=ddim", "solver.eta=0.0", "experiment.published_solver='DDIM eta=0.0'"],
+                    ["nfe=20", "solver=ddim", "solver.eta=0.0", "experiment.published_solver='DDIM eta=0.0'"],
+                    ["nfe=10", "solver=ddpm"], ["nfe=20", "solver=ddpm"]]
+    # a key given on the command line beats the run's; identical jobs are launched once
+    assert expand([["solver=dpmpp"]], [["solver=ddim"], ["solver=unipc"]]) == [["solver=dpmpp"]]
+    assert expand([["nfe=5"]], []) == [["nfe=5"]]
+
+
+def test_cli_dry_run_lists_runs_and_costs_without_loading_weights(tmp_path):
+    # the checkpoint is not on this machine (no hub, HF_HUB_OFFLINE): a dry run must not need it
+    r = launch("-m", "+experiment=ddim_table3_church", "dry_run=true", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert r.returncode == 0, r.stderr
+    rows = [ln for ln in r.stdout.splitlines() if re.match(r"\s+\d+\s+lsun_church_ddpm", ln)]
+    assert len(rows) == 8
+    got = sorted((int(ln.split()[4]), ln.split()[-2] + " " + ln.split()[-1]) for ln in rows)
+    assert got == sorted((n, lbl) for n in (10, 20, 50, 100) for lbl in ("DDIM eta=0.0", "DDPM eta=1.0"))
+    # network evaluations = counted NFE x samples, summed over the runs
+    assert "total: 8 runs, 18,000,000 NFE x samples, 18,000,000 network evaluations" in r.stdout
+    assert not list(tmp_path.rglob("record.json"))
+    # guidance doubles the network batch: DiT's network evaluations are twice NFE x samples
+    r = launch("-m", "+experiment=zoo_imagenet256_dit", "dry_run=true", "nfe=10", "num_samples=100",
+               f"hydra.sweep.dir={tmp_path / 'd'}")
+    assert r.returncode == 0, r.stderr
+    total = re.search(r"total: 13 runs, ([\d,]+) NFE x samples, ([\d,]+) network evaluations", r.stdout)
+    assert total and 2 * int(total[1].replace(",", "")) == int(total[2].replace(",", ""))
+
+
+def test_dry_run_of_a_single_run_and_of_a_sweep_with_an_impossible_run(tmp_path):
+    r = launch("model=cifar10_ddpm", "solver=heun", "nfe=19", "num_samples=10", "dry_run=true",
+               f"hydra.run.dir={tmp_path / 'one'}")
+    assert r.returncode == 0, r.stderr
+    assert "total: 1 runs, 190 NFE x samples" in r.stdout and not (tmp_path / "one" / "record.json").exists()
+    r = launch("-m", "model=gaussian", "solver=score_sde_pc", "nfe=1,4", "num_samples=10", "dry_run=true",
+               f"hydra.sweep.dir={tmp_path / 'bad'}")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nfebench: error: 1 of 2 planned runs would fail; first: run #0")
+
+
+def test_unknown_experiment_is_one_line_listing_the_valid_ones():
+    r = launch("-m", "+experiment=ddim_table9", "dry_run=true")
+    assert r.returncode == 2 and r.stdout == ""
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nfebench: error: unknown experiment 'ddim_table9'; valid: ")
+    assert err[0].split("valid: ")[1].split(", ") == experiment_names()
+
+
+def test_a_published_name_that_matches_nothing_is_refused():
+    from sampling.errors import NfebenchError
+
+    with pytest.raises(NfebenchError, match="no published row has table 'Table 7'"):
+        collector_published.published_rows(DDIM, "Table 7", "DDPM (Ho et al. 2020) CIFAR-10")
+
+
+# ---- end to end on miniature checkpoints --------------------------------------------------------------
+
+# experiment -> (its checkpoint's model config, whether published_fid.csv has rows for it)
+# (a zoo names no row as reproduced, since the CSV's DDIM rows need DDIM's own grid, but the collector still
+# sets its diffusers-default DDIM beside the DDIM rows of the same checkpoint, with the differences marked)
+E2E = {"ddim_table1_cifar10": ("cifar10_ddpm", True), "ddim_table3_church": ("lsun_church_ddpm", True),
+       "ddim_table3_bedroom": ("lsun_bedroom_ddpm", True),
+       **{f"zoo_{m}": (m, m in ("cifar10_ddpm", "lsun_church_ddpm", "lsun_bedroom_ddpm")) for m in ZOO_MODELS}}
+
+
+@pytest.fixture(scope="module")
+def miniatures(tmp_path_factory):
+    from metrics.features import build_extractor
+    from test_models_pretrained import save_checkpoint
+
+    root = tmp_path_factory.mktemp("mini")
+    for model in sorted({m for m, _ in E2E.values()}):
+        save_checkpoint(model, root)
+    dim = build_extractor("tiny").feature_dim
+    np.savez(root / "ref.npz", mu=np.zeros(dim), sigma=np.eye(dim))  # the tiny extractor's stand-in statistics
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(E2E))
+def test_experiment_runs_end_to_end_on_a_miniature_then_through_the_collector(name, miniatures, tmp_path):
+    """The experiment as a user runs it, on a tiny random network saved in its checkpoint's layout, at one NFE
+    with two samples and the tiny FID extractor; the 256x256 zoos run two of their solvers (ddim, heun: the
+    full list composes and plans in the dry-run test above; here the cost is the network's)."""
+    model, has_rows = E2E[name]
+    sweep = tmp_path / "sweep"
+    narrow = []
+    if name.startswith("zoo_") and model != "cifar10_ddpm":
+        narrow = ["hydra.sweeper.runs=[['solver=ddim','protocol=diffusers'],['solver=heun','protocol=diffusers']]"]
+    r = launch("-m", f"+experiment={name}", f"model.path={miniatures / model}", "num_samples=2", "batch_size=2",
+               "nfe=10", "metrics.extractor=tiny", f"metrics.reference={miniatures / 'ref.npz'}",
+               f"metrics.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", *narrow)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    recs = [json.loads(p.read_text()) for p in sweep.rglob("record.json")]
+    n_runs = {"ddim_table1_cifar10": 5, "ddim_table3_church": 2, "ddim_table3_bedroom": 2,
+              "zoo_cifar10_ddpm": len(SOLVERS)}.get(name, 2)
+    assert len(recs) == n_runs and f"{n_runs} runs: {n_runs} done" in r.stdout
+    for rec in recs:
+        assert rec["config"]["experiment"]["name"] == name and rec["model"]["name"] == model
+        # both counts are kept: nfebench's counted evaluations and the paper's steps
+        assert rec["nfe"]["paper"]["convention"] == "steps" and rec["nfe"]["counted"] <= 10
+        assert np.isfinite(rec["metrics"]["fid"])
+    heun = [rec for rec in recs if rec["solver"]["name"] == "heun"]
+    assert all((h["nfe"]["counted"], h["nfe"]["paper"]["value"]) == (9, 5) for h in heun)
+    if name.startswith("ddim_"):
+        assert {rec["config"]["experiment"]["published_solver"] for rec in recs} == set(
+            experiment_file(name)["hydra"]["sweeper"]["runs"][i]["published"] for i in range(n_runs))
+    table, plot = tmp_path / "table.md", tmp_path / "plot.png"
+    c = subprocess.run([sys.executable, "-m", "results.collect", str(sweep), "--compare", "published", "--plot",
+                        str(plot), "--out", str(table)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    if has_rows:
+        assert c.returncode == 0, c.stderr
+        text = table.read_text()
+        assert "FID 10" in text and " / " in text  # ours / published (difference) in a cell
+        assert plot.stat().st_size > 10_000
+    else:  # no published row answered: one line naming the keys tried, no table, no plot
+        assert c.returncode == 2 and len(c.stderr.strip().splitlines()) == 1, c.stderr
+        assert c.stderr.startswith("nfebench: error: --compare published: no row of published_fid.csv matches")
+        assert "tried (dataset, checkpoint, solver, NFE)" in c.stderr and not table.exists() and not plot.exists()
