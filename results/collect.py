@@ -227,9 +227,8 @@ def pick_metrics(tables: list[Table], wanted: str | None) -> list[str]:
 def _mapped(entry: dict, model: str):
     from .settings import compose
 
-    cfg = None
-    for overrides in (entry.get("prefer"), entry["overrides"]):  # the paper's exact preset when this checkout has it
-        cfg = cfg or (overrides and (compose(("model=" + model, *overrides)) or compose(tuple(overrides))))
+    overrides = entry["overrides"]
+    cfg = compose(("model=" + model, *overrides)) or compose(tuple(overrides))
     if cfg is None:
         raise NfebenchError(f"{pub.MAP_YAML}: overrides {entry['overrides']} do not compose in this checkout")
     return cfg["solver"]["name"], settings(cfg)

@@ -65,9 +65,8 @@ def metric_key(csv_metric: str) -> str | None:
 def nfebench_solver(solver: str, schedule, source: str | None = None) -> dict | None:
     """The map entry that runs the CSV's (solver, schedule), or None.
 
-    Its `overrides` (Hydra overrides) run the row in any checkout; `prefer`, when present, is the
-    paper's exact set-up through a preset a checkout may lack; `nfe_convention` says how the paper
-    counted cost when that differs from nfebench's counter.
+    Its `overrides` (Hydra overrides) run the row with the paper's set-up; `nfe_convention` says how the
+    paper counted cost when that differs from nfebench's counter.
     """
     schedule = None if pd.isna(schedule) else schedule
     for entry in load_map().get("solvers") or ():

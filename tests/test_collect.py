@@ -198,11 +198,11 @@ def test_csv_and_latex_round_trip(tmp_path, capsys):
 # ---- published numbers --------------------------------------------------------------------------
 
 def cifar_records(root):
-    record(root, "a", "schedule=time_quadratic", model="cifar10_ddpm", nfe=10, protocol=fid_protocol(),
+    record(root, "a", "schedule=ddim_quadratic", model="cifar10_ddpm", nfe=10, protocol=fid_protocol(),
            metrics={"fid": 13.0, "inception_score": 8.5})
     record(root, "b", model="cifar10_ddpm", nfe=20, counted=19, protocol=fid_protocol(),
            metrics={"fid": 7.0, "inception_score": 8.7})  # time_uniform: DDIM used quadratic on CIFAR-10
-    record(root, "c", "solver.variance=fixed_large", "schedule=time_quadratic", model="cifar10_ddpm", solver="ddpm",
+    record(root, "c", "solver.variance=fixed_large", "schedule=ddim_quadratic", model="cifar10_ddpm", solver="ddpm",
            nfe=10, protocol=fid_protocol(n=1000, reference="npz:/data/celeba.npz", extractor="inception-v3-compat"),
            metrics={"fid": 300.0, "inception_score": 2.0})
     record(root, "d", "solver.eta=0.3", model="cifar10_ddpm", nfe=10, protocol=fid_protocol(), metrics={"fid": 20.0})
@@ -217,20 +217,20 @@ def test_compare_published_matches_marks_and_lists_unmatched_rows(tmp_path, caps
     main_table = next(t for h, t in ours.items() if "1000 samples" not in h)
     rows = md_rows(main_table.split("Published rows")[0])
     # DDIM Table 1, CIFAR-10, eta = 0, S = 10 and 20: 13.36 and 6.84
-    assert rows["ddim(schedule=time_quadratic)"][0].startswith("13.00 / 13.36 (−0.36) [")
+    assert rows["ddim(schedule=ddim_quadratic)"][0].startswith("13.00 / 13.36 (−0.36) [")
     assert rows["ddim"][1].startswith("7.00 (counted 19) / 6.84 (+0.16) [")
     assert rows["ddim(eta=0.3)"][0] == "20.00"  # no published eta = 0.3 row
     notes = dict(re.findall(r"^\[([a-z,]+)\] (.*)$", main_table, re.M))
     assert "FID implementation: published not stated; ours torch-fidelity 0.4.0" in notes.values()
     assert any(v.startswith("extractor weights: ours nfebench-tiny") for v in notes.values())
     assert "NFE convention: published 20; ours counted 19" in notes.values()
-    assert "sampling set-up: published schedule=time_quadratic; ours solver defaults" in notes.values()
+    assert "sampling set-up: published schedule=ddim_quadratic; ours solver defaults" in notes.values()
     assert not any(v.startswith("sample count") or v.startswith("reference") for v in notes.values())
     setup_letter = next(k for k, v in notes.items() if v.startswith("sampling set-up"))
-    assert setup_letter in rows["ddim"][1].split("[")[1] and setup_letter not in rows["ddim(schedule=time_quadratic)"][0]
+    assert setup_letter in rows["ddim"][1].split("[")[1] and setup_letter not in rows["ddim(schedule=ddim_quadratic)"][0]
     # sigma-hat row = ddpm with beta_t variance on the same grid: 367.43; its own protocol marks
     other = next(t for h, t in ours.items() if "1000 samples" in h)
-    cell = md_rows(other.split("Published rows")[0])["ddpm(variance=fixed_large, schedule=time_quadratic)"][0]
+    cell = md_rows(other.split("Published rows")[0])["ddpm(variance=fixed_large, schedule=ddim_quadratic)"][0]
     assert cell.startswith("300.00 / 367.43 (−67.43) [")
     onotes = dict(re.findall(r"^\[([a-z,]+)\] (.*)$", other, re.M))
     assert "sample count: published 50000; ours 1000" in onotes.values()
@@ -245,7 +245,7 @@ def test_compare_published_matches_marks_and_lists_unmatched_rows(tmp_path, caps
     # CSV carries ours, published and the difference as numbers
     rc, out, _ = collect(capsys, tmp_path, "--compare", "published", "--metric", "fid", "--format", "csv")
     df = pd.read_csv(io.StringIO(out))
-    hit = df[(df.solver == "ddim(schedule=time_quadratic)") & (df.nfe == 10) & (df.seeds > 0)].iloc[0]
+    hit = df[(df.solver == "ddim(schedule=ddim_quadratic)") & (df.nfe == 10) & (df.seeds > 0)].iloc[0]
     assert (hit.value, hit.published, hit.difference, hit.published_solver) == (13.0, 13.36, -0.36, "DDIM eta=0.0")
     assert (df.seeds == 0).sum() == 26 - 2 + 26 - 1  # each table lists its own unmatched rows
 
@@ -282,7 +282,7 @@ def test_plot_png_and_svg_with_published_points(tmp_path, capsys):
         assert im.format == "PNG" and im.size[0] > 500 and im.size[1] > 300
     assert ET.parse(svg).getroot().tag.endswith("svg")  # well-formed SVG
     svg_text = svg.read_text()
-    assert "ddim(schedule=time_quadratic), published" in svg_text  # hollow published points, labelled
+    assert "ddim(schedule=ddim_quadratic), published" in svg_text  # hollow published points, labelled
     assert "NFE (counted model evaluations)" in svg_text and "cifar10_ddpm" in svg_text
     assert svg.stat().st_size > 1000
 
