@@ -1,6 +1,8 @@
 """Small shared builders for the tests."""
 from __future__ import annotations
 
+import copy
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +62,54 @@ class ImageSet(torch.utils.data.Dataset):
 
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(overrides: tuple) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(CONFIGS), version_base=None):
+        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+
+def compose_cfg(*overrides) -> dict:
+    """The resolved config Hydra composes for these overrides (a fresh copy; compositions are cached)."""
+    return copy.deepcopy(_composed(overrides))
+
+
+def solver_defaults(name: str):
+    """A solver config's options and its recommended grid's options, as the config files state them."""
+    from omegaconf import OmegaConf
+
+    opts = OmegaConf.to_container(OmegaConf.load(CONFIGS / "solver" / f"{name}.yaml"))
+    grid = "logsnr"
+    for entry in opts.pop("defaults", []):
+        for key, value in (entry.items() if isinstance(entry, dict) else []):
+            if key.endswith("schedule@_global_.schedule"):
+                grid = value
+    return opts, OmegaConf.to_container(OmegaConf.load(CONFIGS / "schedule" / f"{grid}.yaml"))
+
+
+def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
+    """Every registered solver, with its defaults, samples a finite batch and spends exactly its NFE rule."""
+    from launch.run import plan, sample_batches
+    from sampling.registry import SOLVERS
+
+    for solver in sorted(SOLVERS):
+        opts, schedule = solver_defaults(solver)
+        nfe = max(6, get_solver(solver).min_nfe(**{k: v for k, v in opts.items() if k != "name"}))
+        cfg = {"nfe": nfe, "num_samples": 1, "batch_size": 1, "seed": 0, "sample_offset": 0, "t_end": None,
+               "dtype": "float32", "model": model_cfg, "solver": dict(opts), "schedule": schedule}
+        # plan() on a stand-in analytic model of the same schedule: only the grid and the options are needed
+        _, spec, sopts, ts, dtype = plan({**cfg, "model": {"family": "gaussian", "shape": [1, 2, 2],
+                                                           "noise_schedule": model_cfg["noise_schedule"]}})
+        out = []
+        counted, _ = sample_batches(cfg, model, spec, sopts, ts, dtype, torch.device("cpu"),
+                                    lambda x, x0, idx: out.append(x))
+        assert counted == spec.cost(len(ts) - 1, **sopts) <= nfe, solver
+        assert out[0].shape == (1, *sample_shape) and bool(torch.isfinite(out[0]).all()), solver
 
 
 def launch(*args, cwd=REPO, env=None, timeout=300):

@@ -10,8 +10,6 @@ Table 1 written out below, EDM's sampler against a transcription of generate.py'
 from __future__ import annotations
 
 import collections
-import copy
-import functools
 import hashlib
 import io
 import math
@@ -26,38 +24,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from launch.run import plan, sample_batches
 from models.edm.precond import PRECONDS
 from models.registry import build_model
 from sampling.errors import NfebenchError
-from sampling.registry import SOLVERS, get_solver
+from sampling.registry import get_solver
+from helpers import compose_cfg, every_solver_runs
 from sampling.seeds import SampleNoise
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-get_solver("ddim")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Miniature networks: thread hand-offs cost more than their convolutions (20x on a busy 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)  # registers every solver
-
-
-@functools.lru_cache(maxsize=None)
-def _composed(overrides: tuple) -> dict:
-    with initialize_config_dir(str(CONFIGS), version_base=None):
-        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
-
-
-def compose_cfg(*overrides) -> dict:
-    return copy.deepcopy(_composed(overrides))
+get_solver("ddim")  # registers every solver
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- writing a pickle in the published layout -------------------------------------------------------------
@@ -416,7 +396,7 @@ def test_cli_missing_checkpoint_exits_2_with_one_line(tmp_path):
     import subprocess
 
     env = {**os.environ, "NFEBENCH_CKPT_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    r = subprocess.run([sys.executable, str(REPO / "launch.py"), "model=cifar10_edm", "solver=heun", "nfe=35",
+    r = subprocess.run([sys.executable, str(REPO / "launch.py"), "model=cifar10_edm", "solver=heun", "nfe=35", "metrics=none",
                         f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, env=env,
                        timeout=300)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -426,17 +406,6 @@ def test_cli_missing_checkpoint_exits_2_with_one_line(tmp_path):
 
 # ---- every solver on every kind of miniature -------------------------------------------------------------
 
-def _solver_defaults(name):
-    path = CONFIGS / "solver" / f"{name}.yaml"
-    opts = OmegaConf.to_container(OmegaConf.load(path))
-    grid = "logsnr"
-    for entry in opts.pop("defaults", []):
-        for key, value in (entry.items() if isinstance(entry, dict) else []):
-            if key.endswith("schedule@_global_.schedule"):
-                grid = value
-    return opts, OmegaConf.to_container(OmegaConf.load(CONFIGS / "schedule" / f"{grid}.yaml"))
-
-
 KINDS = ["cifar10_edm", "cifar10_baseline_vp_edm", "cifar10_baseline_ve_edm", "imagenet64_baseline_edm"]
 
 
@@ -445,19 +414,7 @@ def test_every_solver_runs_on_each_miniature_with_its_nfe_rule(name, tmp_path):
     path, _, _ = miniature(name, tmp_path, resolution=16)  # 16x16: the solvers, not the network, are under test
     model_cfg = compose_cfg(f"model={name}", f"model.path={path}", "model.resolution=16")["model"]
     model = build_model(model_cfg)
-    for solver in sorted(SOLVERS):
-        opts, schedule = _solver_defaults(solver)
-        spec = get_solver(solver)
-        nfe = max(6, spec.min_nfe(**{k: v for k, v in opts.items() if k != "name"}))
-        cfg = {"nfe": nfe, "num_samples": 1, "batch_size": 1, "seed": 0, "sample_offset": 0, "t_end": None,
-               "dtype": "float32", "model": model_cfg, "solver": dict(opts), "schedule": schedule}
-        _, spec, sopts, ts, dtype = plan({**cfg, "model": {"family": "gaussian", "shape": [1, 2, 2],
-                                                           "noise_schedule": model_cfg["noise_schedule"]}})
-        out = []
-        counted, _ = sample_batches(cfg, model, spec, sopts, ts, dtype, torch.device("cpu"),
-                                    lambda x, x0, idx: out.append(x))
-        assert counted == spec.cost(len(ts) - 1, **sopts) <= nfe, solver
-        assert out[0].shape == (1, *model.shape) and bool(torch.isfinite(out[0]).all()), solver
+    every_solver_runs(model_cfg, model, model.shape)
 
 
 # ---- golden values from NVlabs' own networks ---------------------------------------------------------------

@@ -9,8 +9,6 @@ file (BigGAN blocks, no FIR, positional embedding: the `vp/cifar10_ddpmpp*_conti
 """
 from __future__ import annotations
 
-import copy
-import functools
 import hashlib
 import math
 import time
@@ -19,36 +17,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from launch.run import plan, sample_batches
 from models.registry import build_model
 from sampling.errors import NfebenchError
-from sampling.registry import SOLVERS, get_solver
+from sampling.registry import get_solver
+from helpers import compose_cfg, every_solver_runs
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-get_solver("ddim")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Miniature networks: thread hand-offs cost more than their convolutions (20x on a busy 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@functools.lru_cache(maxsize=None)
-def _composed(overrides: tuple) -> dict:
-    with initialize_config_dir(str(CONFIGS), version_base=None):
-        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
-
-
-def compose_cfg(*overrides) -> dict:
-    return copy.deepcopy(_composed(overrides))
+get_solver("ddim")  # registers every solver
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # A miniature NCSNpp: nf=16, two resolutions, one block each, attention at the lower one.
@@ -281,34 +259,12 @@ def test_missing_checkpoint_is_one_line_at_once(tmp_path, monkeypatch):
     assert str(tmp_path) in msg and "\n" not in msg
 
 
-def _solver_defaults(name):
-    opts = OmegaConf.to_container(OmegaConf.load(CONFIGS / "solver" / f"{name}.yaml"))
-    grid = "logsnr"
-    for entry in opts.pop("defaults", []):
-        for key, value in (entry.items() if isinstance(entry, dict) else []):
-            if key.endswith("schedule@_global_.schedule"):
-                grid = value
-    return opts, OmegaConf.to_container(OmegaConf.load(CONFIGS / "schedule" / f"{grid}.yaml"))
-
-
 @pytest.mark.parametrize("name,fourier", [("cifar10_scoresde_vp_deep", False), ("cifar10_scoresde_ve", True)])
 def test_every_solver_runs_on_each_miniature_with_its_nfe_rule(name, fourier, tmp_path):
     path, _, _ = write_checkpoint(tmp_path / "c.pth", fourier=fourier, residual_input=fourier, **MINI)
     model_cfg = compose_cfg(f"model={name}", f"model.path={path}", *ARCH_OVERRIDES)["model"]
     model = build_model(model_cfg)
-    for solver in sorted(SOLVERS):
-        opts, schedule = _solver_defaults(solver)
-        spec = get_solver(solver)
-        nfe = max(6, spec.min_nfe(**{k: v for k, v in opts.items() if k != "name"}))
-        cfg = {"nfe": nfe, "num_samples": 1, "batch_size": 1, "seed": 0, "sample_offset": 0, "t_end": None,
-               "dtype": "float32", "model": model_cfg, "solver": dict(opts), "schedule": schedule}
-        _, spec, sopts, ts, dtype = plan({**cfg, "model": {"family": "gaussian", "shape": [1, 2, 2],
-                                                           "noise_schedule": model_cfg["noise_schedule"]}})
-        out = []
-        counted, _ = sample_batches(cfg, model, spec, sopts, ts, dtype, torch.device("cpu"),
-                                    lambda x, x0, idx: out.append(x))
-        assert counted == spec.cost(len(ts) - 1, **sopts) <= nfe, solver
-        assert out[0].shape == (1, 3, 16, 16) and bool(torch.isfinite(out[0]).all()), solver
+    every_solver_runs(model_cfg, model, (3, 16, 16))
 
 
 # Provenance: yang-song/score_sde_pytorch models/ncsnpp.py (GitHub HEAD, fetched 2026-12-02), run once outside the
