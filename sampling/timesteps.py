@@ -176,7 +176,15 @@ def _ddim_family(n_train, N, spacing, offset):
     return SPACINGS[spacing](n_train, N) + (offset if spacing == "leading" else 0)
 
 
-DIFFUSERS_FAMILIES = {"dpmsolver": _dpm_family, "euler": _euler_family, "ddim": _ddim_family}
+def _pndm_family(n_train, N, spacing, offset):
+    # PNDMScheduler in PRK mode: its pseudo Runge-Kutta warm-up takes the last 4 of the N timesteps
+    if N < 4:
+        raise NfebenchError(f"diffusers' PNDMScheduler needs at least 4 timesteps (its PRK warm-up takes 4); got {N}: "
+                            "with zero_step that is nfe >= 13 (num_inference_steps + 9 model calls)")
+    return _ddim_family(n_train, N, spacing, offset)
+
+
+DIFFUSERS_FAMILIES = {"dpmsolver": _dpm_family, "euler": _euler_family, "ddim": _ddim_family, "pndm": _pndm_family}
 
 
 @register_grid("diffusers")
@@ -184,18 +192,22 @@ def diffusers_grid(noise, steps, t_start, t_end, family: str = "dpmsolver", spac
                    steps_offset: int = 0, final: str = "zero"):
     """The timesteps of a diffusers scheduler's set_timesteps, by scheduler family.
 
-    dpmsolver: DPMSolverMultistep, UniPC, DEIS; euler: EulerDiscrete, HeunDiscrete; ddim: DDIM, DDPM,
-    PNDM. final "zero" (diffusers' final_sigmas_type="zero", DDIM's set_alpha_to_one): the grid has
-    diffusers' N = steps + 1 timesteps and the harness adds the x0 prediction at the last; "sigma_min":
-    N = steps timesteps, then t_end.
+    dpmsolver: DPMSolverMultistep, UniPC, DEIS; euler: EulerDiscrete, HeunDiscrete; ddim: DDIM, DDPM;
+    pndm: PNDM (ddim's spacing, at least 4 timesteps). final "zero" (diffusers' final_sigmas_type="zero",
+    DDIM's set_alpha_to_one): the grid has diffusers' N = steps + 1 timesteps and the harness adds the x0
+    prediction at the last; "sigma_min": N = steps timesteps, then t_end; "last": N = steps + 1
+    timesteps, the grid ends at the last (PNDM's, training step 0 = alphas_cumprod[0]: diffusers' step
+    from there has zero length, see the pndm solver's zero_step).
     """
     n_train = _discrete_steps(noise, "the diffusers grid")
     if family not in DIFFUSERS_FAMILIES:
         raise NfebenchError(f"unknown diffusers scheduler family '{family}'; valid: {', '.join(DIFFUSERS_FAMILIES)}")
     if spacing not in SPACINGS:
         raise NfebenchError(f"unknown timestep spacing '{spacing}'; valid: {', '.join(SPACINGS)}")
-    N = steps + 1 if final == "zero" else steps
+    N = steps + 1 if final in ("zero", "last") else steps
     n = DIFFUSERS_FAMILIES[family](n_train, N, spacing, int(steps_offset))
+    if final == "last":
+        return (np.asarray(n, dtype=np.float64) + 1.0) / n_train
     return _final_points(noise, n, final, t_end, f"the diffusers '{family}' grid ({spacing}, steps_offset={steps_offset})")
 
 

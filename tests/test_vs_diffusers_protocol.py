@@ -6,6 +6,8 @@ takes; one case also through `python launch.py` itself); diffusers runs its own 
 (set_timesteps, scale_model_input, step) on the same network and the same initial noise. The only
 argument any scheduler gets is HeunDiscreteScheduler's betas: its own defaults (0.00085..0.012) are
 Stable Diffusion's, not this DDPM model's, so the "default" Heun uses the model's training betas.
+PNDMScheduler() makes num_inference_steps + 9 model calls, the last a zero-length step at training step 0
+(counted here too: nfe = 19 is num_inference_steps = 10; 9 steps give ratio 111, odd half steps).
 Observed agreement: 1e-7..3e-7 relative (diffusers keeps its schedule in float32); DDIM's clipped
 x0 makes its output O(1) instead of O(100), so it is checked in absolute terms.
 """
@@ -37,6 +39,7 @@ DEFAULT_SCHEDULERS = {
     "euler": lambda: diffusers.EulerDiscreteScheduler(),
     "heun": lambda: diffusers.HeunDiscreteScheduler(**DDPM_BETAS),
     "ddim": lambda: diffusers.DDIMScheduler(),
+    "pndm": lambda: diffusers.PNDMScheduler(),
 }
 
 
@@ -79,7 +82,7 @@ def diffusers_loop(ckpt, sched, num_steps, x, last_step_x0=False):
 
 @pytest.mark.parametrize("solver,nfe,num_steps", [("dpmpp", 10, 10), ("unipc", 10, 10), ("deis", 10, 10),
                                                   ("euler", 10, 10), ("heun", 19, 10), ("ddim", 10, 10),
-                                                  ("unipc", 16, 16)])
+                                                  ("unipc", 16, 16), ("pndm", 19, 10), ("pndm", 18, 9)])
 def test_protocol_diffusers_equals_default_scheduler(ckpt, solver, nfe, num_steps):
     x, start, ts, counted = ours(ckpt, solver, nfe)
     sched = DEFAULT_SCHEDULERS[solver]()
@@ -149,6 +152,30 @@ def test_unipc_bh1_with_final_sigma_zero(ckpt):
                                 last_step_x0=True)
     assert torch.isfinite(x).all() and counted == calls == 10
     assert float((x - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_protocol_diffusers_pndm_through_launch_py(ckpt, tmp_path):
+    """PNDMScheduler() through launch.py: its grid, its wasted last call counted, and nfe below 13 refused
+    (the samples themselves are compared on the same plan/sample_batches path above)."""
+    import json
+
+    from helpers import launch
+
+    out = tmp_path / "run"
+    r = launch("model=cifar10_ddpm", f"model.path={ckpt}", "solver=pndm", "nfe=19", "protocol=diffusers",
+               "num_samples=2", "metrics=none", "device=cpu", f"hydra.run.dir={out}")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((out / "record.json").read_text())
+    sched = diffusers.PNDMScheduler()
+    sched.set_timesteps(10)
+    assert np.allclose(rec["schedule"]["t_grid"], (np.arange(900, -1, -100) + 1.0) / 1000)
+    assert rec["nfe"]["counted"] == len(sched.timesteps) == 19 and rec["schedule"]["final_x0_step"] is False
+    assert rec["solver"]["step_orders"] == ["rk4"] * 3 + [4] * 6 + ["zero_step"]
+    bad = tmp_path / "bad"
+    r = launch("model=cifar10_ddpm", f"model.path={ckpt}", "solver=pndm", "nfe=12", "protocol=diffusers",
+               "num_samples=2", "metrics=none", "device=cpu", f"hydra.run.dir={bad}")
+    assert r.returncode == 2 and "PNDMScheduler needs at least 4 timesteps" in r.stderr.strip().splitlines()[-1]
+    assert not (bad / "record.json").exists()
 
 
 def test_protocol_diffusers_through_launch_py(ckpt, tmp_path):
