@@ -82,7 +82,8 @@ def diffusers_loop(ckpt, sched, num_steps, x, last_step_x0=False):
 
 @pytest.mark.parametrize("solver,nfe,num_steps", [("dpmpp", 10, 10), ("unipc", 10, 10), ("deis", 10, 10),
                                                   ("euler", 10, 10), ("heun", 19, 10), ("ddim", 10, 10),
-                                                  ("unipc", 16, 16), ("pndm", 19, 10), ("pndm", 18, 9)])
+                                                  ("unipc", 16, 16), ("pndm", 19, 10), ("pndm", 18, 9),
+                                                  ("pndm", 13, 4)])
 def test_protocol_diffusers_equals_default_scheduler(ckpt, solver, nfe, num_steps):
     x, start, ts, counted = ours(ckpt, solver, nfe)
     sched = DEFAULT_SCHEDULERS[solver]()
