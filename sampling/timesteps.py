@@ -179,7 +179,7 @@ def _ddim_family(n_train, N, spacing, offset):
 def _pndm_family(n_train, N, spacing, offset):
     # PNDMScheduler in PRK mode: its pseudo Runge-Kutta warm-up takes the last 4 of the N timesteps
     if N < 4:
-        raise NfebenchError(f"diffusers' PNDMScheduler needs at least 4 timesteps (its PRK warm-up takes 4); got {N}: "
+        raise NfebenchError(f"diffusers' PNDMScheduler needs at least 4 timesteps (its PRK warm-up takes 4); got {N} timesteps: "
                             "with zero_step that is nfe >= 13 (num_inference_steps + 9 model calls)")
     return _ddim_family(n_train, N, spacing, offset)
 
