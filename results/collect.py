@@ -250,7 +250,7 @@ def compare_published(tables: list[Table], metrics: list[str]) -> None:
             metric = pub.metric_key(p["metric"])
             if metric not in metrics:
                 continue
-            entry = pub.nfebench_solver(p["solver"], p["schedule"], p["source"])
+            entry = pub.nfebench_solver(p["solver"], p["schedule"], p["source"], p["nfe"])
             mapped = _mapped(entry, t.model) if entry else None
             hit = None
             if mapped:
