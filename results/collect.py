@@ -26,7 +26,7 @@ from launch.records import RECORD_NAME, atomic_write_bytes, load_record
 from sampling.errors import NfebenchError
 
 from . import published as pub
-from .settings import flatten, fmt, label, model_settings, settings, setup_part, solver_part
+from .settings import flatten, fmt, label, run_settings, setup_part, solver_part
 
 FORMATS = ("md", "csv", "tex")
 PLOT_SUFFIXES = (".png", ".svg")
@@ -154,8 +154,8 @@ def build_tables(recs: list[dict]) -> list[Table]:
     where: dict[tuple, tuple] = {}  # (model, row, nfe) -> (protocol key, a path): one protocol per cell
     for rec in recs:
         cfg, path = rec["config"], rec["_path"]
-        model, mdiff = cfg["model"].get("name"), model_settings(cfg["model"])
-        diff = settings(cfg)
+        model = cfg["model"].get("name")
+        diff, mdiff = run_settings(cfg)
         row_label = label(rec["solver"]["name"], diff)
         proto = rec["metrics_protocol"]
         pkey = protocol_key(proto)
@@ -231,7 +231,7 @@ def _mapped(entry: dict, model: str):
     cfg = compose(("model=" + model, *overrides)) or compose(tuple(overrides))
     if cfg is None:
         raise NfebenchError(f"{pub.MAP_YAML}: overrides {entry['overrides']} do not compose in this checkout")
-    return cfg["solver"]["name"], settings(cfg)
+    return cfg["solver"]["name"], run_settings(cfg)[0]
 
 
 def compare_published(tables: list[Table], metrics: list[str]) -> None:
@@ -250,7 +250,7 @@ def compare_published(tables: list[Table], metrics: list[str]) -> None:
             metric = pub.metric_key(p["metric"])
             if metric not in metrics:
                 continue
-            entry = pub.nfebench_solver(p["solver"], p["schedule"], p["source"])
+            entry = pub.nfebench_solver(p["solver"], p["schedule"], p["source"], p["nfe"])
             mapped = _mapped(entry, t.model) if entry else None
             hit = None
             if mapped:

@@ -62,11 +62,12 @@ def metric_key(csv_metric: str) -> str | None:
     return (load_map().get("metrics") or {}).get(csv_metric)
 
 
-def nfebench_solver(solver: str, schedule, source: str | None = None) -> dict | None:
+def nfebench_solver(solver: str, schedule, source: str | None = None, nfe: int | None = None) -> dict | None:
     """The map entry that runs the CSV's (solver, schedule), or None.
 
     Its `overrides` (Hydra overrides) run the row with the paper's set-up; `nfe_convention` says how the
-    paper counted cost when that differs from nfebench's counter.
+    paper counted cost when that differs from nfebench's counter. `nfe` (optional list) restricts an
+    entry to those budgets, for papers whose options for one label change with the budget.
     """
     schedule = None if pd.isna(schedule) else schedule
     for entry in load_map().get("solvers") or ():
@@ -74,5 +75,7 @@ def nfebench_solver(solver: str, schedule, source: str | None = None) -> dict | 
             continue
         if entry.get("source") and not str(source or "").startswith(entry["source"]):
             continue
+        if entry.get("nfe") is not None and nfe is not None and int(nfe) not in entry["nfe"]:
+            continue  # the paper ran this label with other options at this budget (another entry)
         return entry
     return None

@@ -92,6 +92,16 @@ def settings(cfg: dict) -> dict:
     return {k: diff[k] for k in sorted(diff, key=rank)}
 
 
+def run_settings(cfg: dict) -> tuple[dict, dict]:
+    """(row settings, model settings) of a run. A changed noise schedule re-parametrises the time of the same
+    network (diff-sampler's DEIS grid on a VP fit of an EDM model), so it belongs to the row's set-up as
+    'model.noise_schedule.<key>', not to the model's identity: the run stays in its checkpoint's table."""
+    mdiff, diff = model_settings(cfg["model"]), settings(cfg)
+    for k in [k for k in mdiff if k.startswith("noise_schedule.")]:
+        diff[f"model.{k}"] = mdiff.pop(k)
+    return diff, mdiff
+
+
 def model_settings(model_cfg: dict) -> dict:
     """Dotted keys of the model config that differ from its named config (e.g. a local `path`)."""
     name = model_cfg.get("name")

@@ -33,6 +33,8 @@ PAPER_SOLVERS = {
     "DDIM eta=sigma_hat": ("ddpm", {"variance": "fixed_large"}), "DDPM eta=1.0": ("ddim", {"eta": 1.0}),
 }
 PAPER_GRIDS = {"time_quadratic": "ddim_quadratic", "time_uniform": "ddim_uniform"}
+EDM_REPLAYS = ["diffsampler_cifar10_edm", "diffsampler_ffhq64_edm", "diffsampler_imagenet64_edm",
+               "dpmv3_table1_cifar10_edm", "dpmv3_table1_cifar10_scoresde"]
 ZOO_MODELS = ["cifar10_ddpm", "celebahq_ddpm", "lsun_church_ddpm", "lsun_bedroom_ddpm", "celebahq_ldm",
               "imagenet256_dit"]
 
@@ -47,14 +49,16 @@ def plans(name, *extra):
     sweeper = experiment_file(name)["hydra"]["sweeper"]
     params = {k: str(v).split(",") for k, v in (sweeper.get("params") or {}).items()}
     nfes = [int(n) for n in params.pop("nfe")]
-    base = [[f"+experiment={name}", *extra, *(f"{k}={v[0]}" for k, v in params.items())]]
+    base = [[f"+experiment={name}", *extra, *(f"{k}={v[0]}" for k, v in params.items()), f"nfe={n}"] for n in nfes]
     assert all(len(v) == 1 for v in params.values()), "only nfe is swept besides runs and setups"
-    out = []
+    out, cfgs = [], {}
     with initialize_config_dir(str(CONFIGS), version_base=None):
         for job in expand(expand(base, sweeper.get("runs")), sweeper.get("setups")):
-            cfg = OmegaConf.to_container(compose("config", overrides=job), resolve=True)
-            for n in nfes:
-                out.append(plan_run({**cfg, "nfe": n}) | {"overrides": job})
+            key = tuple(o for o in job if not o.startswith("nfe="))  # a run may be limited to some NFEs
+            n = int(next(o for o in job if o.startswith("nfe="))[len("nfe="):])
+            if key not in cfgs:
+                cfgs[key] = OmegaConf.to_container(compose("config", overrides=list(key)), resolve=True)
+            out.append(plan_run({**cfgs[key], "nfe": n}) | {"overrides": list(key), "config": cfgs[key]})
     return out
 
 
@@ -65,7 +69,7 @@ def launch(*args, timeout=600):
 
 def test_the_experiments_are_the_issue_list():
     assert set(experiment_names()) == {"ddim_table1_cifar10", "ddim_table3_church", "ddim_table3_bedroom",
-                                       "leaderboard_cpu", *(f"zoo_{m}" for m in ZOO_MODELS)}
+                                       "leaderboard_cpu", *(f"zoo_{m}" for m in ZOO_MODELS), *EDM_REPLAYS}
 
 
 @pytest.mark.parametrize("name", ["ddim_table1_cifar10", "ddim_table3_church", "ddim_table3_bedroom",
@@ -263,3 +267,158 @@ def test_experiment_runs_end_to_end_on_a_miniature_then_through_the_collector(na
         assert c.returncode == 2 and len(c.stderr.strip().splitlines()) == 1, c.stderr
         assert c.stderr.startswith("nfebench: error: --compare published: no row of published_fid.csv matches")
         assert "tried (dataset, checkpoint, solver, NFE)" in c.stderr and not table.exists() and not plot.exists()
+
+
+# ---- the EDM and ScoreSDE replays (issue 15) ----------------------------------------------------------
+
+DIFF_SAMPLER = "zju-pi/diff-sampler diff-solvers-main/README.md (EDM fid.py, 50k, AFS off)"
+DPMV3 = "DPM-Solver-v3 (Zheng, Lu, Chen, Zhu, NeurIPS 2023) arXiv:2310.13268"
+
+# The reference scripts' settings, written down here from their code (zju-pi/diff-sampler diff-solvers-main
+# solvers.py/solver_utils.py and README "General Settings"; thu-ml/DPM-Solver-v3 codebases/{edm,score_sde}/sample.sh
+# and samplers): CSV label -> (nfebench solver, its options, nfebench grid). Every grid ends at sigma_min / t_end
+# with no final denoising step, except DPM-Solver-v3's Heun at odd NFE (one Euler step to sigma = 0).
+DIFF_SAMPLER_SOLVERS = {
+    "Euler (DDIM)": ("euler", {}, "karras"),
+    # every step corrected, the last one too (N steps = 2N NFE), no step to sigma = 0
+    "Heun": ("heun", {"final_euler": False, "final_step": None}, "karras"),
+    "iPNDM 4": ("ipndm", {"order": 4}, "karras"),
+    # lower_order_final=True: order min(3, steps left) at every NFE
+    "DPM-Solver++ 3M": ("dpmpp", {"method": "multistep", "order": 3, "lower_order_final": "always"}, "logsnr"),
+    "UniPC 3": ("unipc", {"order": 3, "variant": "bh2", "lower_order_final": "always", "corrector": True}, "logsnr"),
+    # order min(max_order, i + 1): warm-up only, no lower-order final steps
+    "DEIS tAB3": ("deis", {"order": 3, "basis": "t", "lower_order_final": "never"}, "time_quadratic"),
+}
+DIFF_SAMPLER_UNANSWERED = {"DPM-Solver-2", "iPNDM_v 4"}
+DPMV3_SOLVERS = {
+    "DPM-Solver++ 3M": ("dpmpp", {"method": "multistep", "order": 3, "lower_order_final": "always"}, "logsnr"),
+    "UniPC 3 (best of bh1/bh2)": ("unipc", {"order": 3, "lower_order_final": "always", "corrector": True}, "logsnr"),
+    "Heun (EDM 2nd order)": ("heun", {}, "karras"),  # skip_type=edm in its sample.sh
+}
+DPMV3_UNANSWERED = {"DPM-Solver-v3 3M", "DEIS (as printed in DEIS paper)"}
+
+
+def _vp_sigma(t, beta_min, beta_max):
+    return float(np.sqrt(np.expm1(0.5 * (beta_max - beta_min) * t ** 2 + beta_min * t)))
+
+
+def _check_replay_plan(p, row, source):
+    table = DIFF_SAMPLER_SOLVERS if source == DIFF_SAMPLER else DPMV3_SOLVERS
+    solver, opts, grid = table[row.solver]
+    assert p["solver"] == solver and p["schedule"] == grid, (row.solver, row.nfe, p["solver"], p["schedule"])
+    assert {k: p["options"][k] for k in opts} == opts, (row.solver, p["options"])
+    # both papers count model evaluations: nothing hidden, nothing unspent
+    assert p["paper"] == {"convention": "nfe", "value": row.nfe} and p["counted"] == row.nfe
+    cfg = p["config"]
+    assert not cfg["denoise_to_zero"]
+    if row.solver == "Heun (EDM 2nd order)":  # NFE // 2 Heun steps, plus an Euler step to 0 when NFE is odd
+        want = {"final_step": "edm"} if row.nfe % 2 else {"final_euler": False, "final_step": None}
+        assert {k: p["options"][k] for k in want} == want and p["steps"] == row.nfe // 2  # Heun steps on the grid
+    if row.solver == "DEIS tAB3":
+        # diff-sampler's time_uniform grid: a VP schedule with sigma(1) = 80, sigma(1e-3) = 0.002, sqrt-uniform t
+        ns = cfg["model"]["noise_schedule"]
+        assert ns["type"] == "vp_linear" and ns["T"] == 1.0 and ns["eps"] == pytest.approx(1e-3)
+        assert _vp_sigma(1.0, ns["beta_min"], ns["beta_max"]) == pytest.approx(80.0, rel=1e-9)
+        assert _vp_sigma(1e-3, ns["beta_min"], ns["beta_max"]) == pytest.approx(0.002, rel=1e-9)
+        assert cfg["schedule"]["power"] == 2.0
+    elif cfg["model"]["family"] == "edm_pickle":
+        assert cfg["model"]["noise_schedule"]["type"] == "edm" and cfg["t_end"] is None  # sigma 80 -> 0.002
+    if cfg["model"]["name"] == "cifar10_scoresde_vp_deep":
+        assert cfg["t_end"] == (1e-3 if row.nfe <= 10 else 1e-4)
+
+
+@pytest.mark.parametrize("name", EDM_REPLAYS)
+def test_edm_and_scoresde_replays_plan_exactly_their_published_rows(name):
+    exp = experiment_file(name)["experiment"]
+    planned = plans(name)
+    (spec,) = exp["published"]
+    source = spec["source"]
+    named = published_rows(spec)
+    everything = published_rows({k: v for k, v in spec.items() if k != "solver"})
+    unanswered = DIFF_SAMPLER_UNANSWERED if source == DIFF_SAMPLER else DPMV3_UNANSWERED
+    # the rows left out are exactly the ones nfebench has no solver for
+    assert set(everything.solver) - set(named.solver) == unanswered & set(everything.solver) != set()
+    assert {p["model"] for p in planned} == {"cifar10_edm" if name.startswith("dpmv3") and name.endswith("_edm")
+                                            else name.split("_", 1)[1] if name.startswith("diffsampler") else
+                                            "cifar10_scoresde_vp_deep"}
+    answered = set()
+    for row in named.itertuples():
+        hits = [p for p in planned if p["published_solver"] == row.solver and p["nfe"] == row.nfe]
+        # UniPC's published cell is the better of bh1 and bh2: both run
+        assert len(hits) == (2 if "best of bh1/bh2" in row.solver else 1), (row.solver, row.nfe, len(hits))
+        if len(hits) == 2:
+            assert {h["options"]["variant"] for h in hits} == {"bh1", "bh2"}
+        for p in hits:
+            _check_replay_plan(p, row, source)
+        answered.add((row.solver, row.nfe))
+    # nothing the table does not print
+    assert {(p["published_solver"], p["nfe"]) for p in planned} == answered
+    assert len(planned) == len(named) + sum("best of bh1/bh2" in s for s in named.solver)
+    # the collector's map runs each row with the same solver options as the experiment
+    with initialize_config_dir(str(CONFIGS), version_base=None):
+        for row in named.itertuples():
+            entry = collector_published.nfebench_solver(row.solver, row.schedule, row.source, row.nfe)
+            assert entry is not None, row.solver
+            cfg = OmegaConf.to_container(compose("config", overrides=[f"model={planned[0]['model']}",
+                                                                      *entry["overrides"]]), resolve=True)
+            p = next(p for p in planned if p["published_solver"] == row.solver and p["nfe"] == row.nfe
+                     and p["options"].get("variant") in (None, cfg["solver"].get("variant")))
+            assert cfg["solver"] == {"name": p["solver"], **p["options"]}, (row.solver, row.nfe)
+            assert cfg["schedule"] == p["config"]["schedule"] and cfg["t_end"] == p["config"]["t_end"]
+            assert cfg["model"]["noise_schedule"] == p["config"]["model"]["noise_schedule"]
+
+
+def test_a_run_limited_to_some_nfes_joins_only_those_jobs():
+    runs = [{"published": "Heun", "nfe": [4, 6], "overrides": ["solver=heun"]}, ["solver=euler"]]
+    assert expand([["nfe=3"], ["nfe=4"]], runs) == [
+        ["nfe=4", "solver=heun", "experiment.published_solver='Heun'"], ["nfe=3", "solver=euler"],
+        ["nfe=4", "solver=euler"]]
+    # the published map likewise holds an entry at some NFEs only (DPM-Solver-v3's Heun changes with parity)
+    heun = ("Heun (EDM 2nd order)", "logSNR sigma in [0.002,80]", DPMV3)
+    assert "solver.final_step=edm" in collector_published.nfebench_solver(*heun, 5)["overrides"]
+    assert "solver.final_euler=false" in collector_published.nfebench_solver(*heun, 6)["overrides"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, nfe", [("diffsampler_cifar10_edm", 4), ("dpmv3_table1_cifar10_scoresde", 12)])
+def test_edm_and_scoresde_replays_run_end_to_end_on_miniatures(name, nfe, tmp_path):
+    """The replay as a user runs it, on a miniature of its checkpoint (the model tests' builders), at one NFE
+    with two samples and the tiny FID extractor, then through the collector with --compare published."""
+    from metrics.features import build_extractor
+
+    if name.startswith("diffsampler"):
+        from test_models_edm import miniature
+
+        path, _, _ = miniature("cifar10_edm", tmp_path)
+        arch = []
+    else:
+        from test_models_scoresde import ARCH_OVERRIDES, MINI, write_checkpoint
+
+        path, _, _ = write_checkpoint(tmp_path / "checkpoint_8.pth", fourier=False, residual_input=False, **MINI)
+        arch = ARCH_OVERRIDES
+    np.savez(tmp_path / "ref.npz", mu=np.zeros(build_extractor("tiny").feature_dim),
+             sigma=np.eye(build_extractor("tiny").feature_dim))
+    sweep = tmp_path / "sweep"
+    r = launch("-m", f"+experiment={name}", f"model.path={path}", *arch, "num_samples=2", "batch_size=2", f"nfe={nfe}",
+               "metrics.extractor=tiny", f"metrics.reference={tmp_path / 'ref.npz'}",
+               f"metrics.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    recs = [json.loads(p.read_text()) for p in sweep.rglob("record.json")]
+    # diff-sampler at NFE 4: all six answered solvers (Heun prints even NFE); DPM-Solver-v3 ScoreSDE at 12: 3M, bh1, bh2
+    want = {"diffsampler_cifar10_edm": {"euler", "heun", "ipndm", "dpmpp", "unipc", "deis"},
+            "dpmv3_table1_cifar10_scoresde": {"dpmpp", "unipc"}}[name]
+    assert {rec["solver"]["name"] for rec in recs} == want and len(recs) == len(want) + name.endswith("scoresde")
+    for rec in recs:
+        assert rec["config"]["experiment"]["name"] == name
+        assert rec["nfe"]["counted"] == nfe and rec["nfe"]["paper"] == {"convention": "nfe", "value": nfe}
+        assert np.isfinite(rec["metrics"]["fid"])
+    table, plot = tmp_path / "table.md", tmp_path / "plot.png"
+    c = subprocess.run([sys.executable, "-m", "results.collect", str(sweep), "--compare", "published", "--plot",
+                        str(plot), "--out", str(table)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert c.returncode == 0, c.stderr
+    text = table.read_text()
+    assert f"FID {nfe}" in text and " / " in text  # ours / published (difference)
+    # every solver row of the run carries its published value, none is listed unmatched at this NFE
+    cells = [ln for ln in text.splitlines() if ln.startswith("|") and " / " in ln]
+    assert len(cells) == (len(want) if name.startswith("diffsampler") else 2), text
+    assert plot.stat().st_size > 10_000

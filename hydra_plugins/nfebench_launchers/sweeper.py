@@ -9,6 +9,7 @@ variance), which a cartesian sweep cannot express. An experiment lists them inst
         runs:                            # each entry is one variant: its overrides x every params combination
           - {published: DDIM eta=0.0, overrides: [solver=ddim, solver.eta=0.0]}
           - {overrides: [solver=ddpm, solver.variance=fixed_large]}
+          - {published: Heun, nfe: [4, 6], overrides: [solver=heun]}   # only at these NFEs of the sweep
         setups:                          # optional second axis, crossed with runs (e.g. a model with its metrics)
           - [model=gaussian, metrics=exact]
 
@@ -52,15 +53,27 @@ def run_overrides(run) -> List[str]:
     return [str(o) for o in run]
 
 
+def _nfe_of(job: List[str]):
+    for o in job:
+        if _key(o) == "nfe":
+            return o.split("=", 1)[1]
+    return None
+
+
 def expand(jobs: List[List[str]], runs) -> List[List[str]]:
     """Every job (a params x command-line combination) once per run; a key the job already sets wins
-    (the command line beats an experiment), and identical jobs are launched once."""
+    (the command line beats an experiment), and identical jobs are launched once. A run with `nfe: [...]`
+    joins only the jobs at those NFEs (a table that prints a solver at some budgets, or changes its
+    options with the budget)."""
     if not runs:
         return jobs
     out, seen = [], set()
     for run in runs:
         extra = run_overrides(run)
+        only = [str(n) for n in run.get("nfe")] if hasattr(run, "keys") and run.get("nfe") is not None else None
         for job in jobs:
+            if only is not None and _nfe_of(job) not in only:
+                continue
             given = {_key(o) for o in job}
             new = job + [o for o in extra if _key(o) not in given]
             if tuple(new) not in seen:
