@@ -155,16 +155,21 @@ def test_unipc_bh1_with_final_sigma_zero(ckpt):
     assert float((x - ref).norm() / ref.norm()) < 1e-5
 
 
+def _launch_preset(ckpt, out, *overrides):
+    """launch.py on the miniature cifar10_ddpm under protocol=diffusers, two samples, no metrics."""
+    from helpers import launch
+
+    return launch("model=cifar10_ddpm", f"model.path={ckpt}", *overrides, "protocol=diffusers", "num_samples=2",
+                  "metrics=none", "device=cpu", f"hydra.run.dir={out}")
+
+
 def test_protocol_diffusers_pndm_through_launch_py(ckpt, tmp_path):
     """PNDMScheduler() through launch.py: its grid, its wasted last call counted, and nfe below 13 refused
     (the samples themselves are compared on the same plan/sample_batches path above)."""
     import json
 
-    from helpers import launch
-
     out = tmp_path / "run"
-    r = launch("model=cifar10_ddpm", f"model.path={ckpt}", "solver=pndm", "nfe=19", "protocol=diffusers",
-               "num_samples=2", "metrics=none", "device=cpu", f"hydra.run.dir={out}")
+    r = _launch_preset(ckpt, out, "solver=pndm", "nfe=19")
     assert r.returncode == 0, r.stderr
     rec = json.loads((out / "record.json").read_text())
     sched = diffusers.PNDMScheduler()
@@ -173,8 +178,7 @@ def test_protocol_diffusers_pndm_through_launch_py(ckpt, tmp_path):
     assert rec["nfe"]["counted"] == len(sched.timesteps) == 19 and rec["schedule"]["final_x0_step"] is False
     assert rec["solver"]["step_orders"] == ["rk4"] * 3 + [4] * 6 + ["zero_step"]
     bad = tmp_path / "bad"
-    r = launch("model=cifar10_ddpm", f"model.path={ckpt}", "solver=pndm", "nfe=12", "protocol=diffusers",
-               "num_samples=2", "metrics=none", "device=cpu", f"hydra.run.dir={bad}")
+    r = _launch_preset(ckpt, bad, "solver=pndm", "nfe=12")
     assert r.returncode == 2 and "PNDMScheduler needs at least 4 timesteps" in r.stderr.strip().splitlines()[-1]
     assert not (bad / "record.json").exists()
 
@@ -183,11 +187,8 @@ def test_protocol_diffusers_through_launch_py(ckpt, tmp_path):
     """The issue's command, as a user types it: the saved samples equal DPMSolverMultistepScheduler()'s."""
     import json
 
-    from helpers import launch
-
     out = tmp_path / "run"
-    r = launch("model=cifar10_ddpm", f"model.path={ckpt}", "solver=dpmpp", "nfe=10", "protocol=diffusers",
-               "num_samples=2", "metrics=none", "device=cpu", f"hydra.run.dir={out}")
+    r = _launch_preset(ckpt, out, "solver=dpmpp", "nfe=10")
     assert r.returncode == 0, r.stderr
     rec = json.loads((out / "record.json").read_text())
     sched = diffusers.DPMSolverMultistepScheduler()
@@ -197,7 +198,6 @@ def test_protocol_diffusers_through_launch_py(ckpt, tmp_path):
     assert rec["nfe"]["counted"] == 10 and rec["solver"]["options"]["lower_order_final"] == "never"
     # a solver without a preset is one error line, exit 2, no record
     bad = tmp_path / "bad"
-    r = launch("model=cifar10_ddpm", f"model.path={ckpt}", "solver=ipndm", "protocol=diffusers", "num_samples=2",
-               "metrics=none", f"hydra.run.dir={bad}")
+    r = _launch_preset(ckpt, bad, "solver=ipndm")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("nfebench: error: protocol 'diffusers'")
     assert not (bad / "record.json").exists()

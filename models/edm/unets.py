@@ -14,6 +14,16 @@ from torch.nn.functional import silu
 from .layers import Conv2d, FourierEmbedding, GroupNorm, Linear, PositionalEmbedding, UNetBlock
 
 
+
+def open_decoder_level(dec: nn.ModuleDict, r: int, c: int, innermost: bool, blk: dict) -> None:
+    """The blocks that open a decoder level in both of EDM's U-Nets: two (the first with attention) at the
+    innermost level, an upsampling block elsewhere. Key names are EDM's, so state dicts load as they are."""
+    if innermost:
+        dec[f"{r}x{r}_in0"] = UNetBlock(c, c, attention=True, **blk)
+        dec[f"{r}x{r}_in1"] = UNetBlock(c, c, **blk)
+    else:
+        dec[f"{r}x{r}_up"] = UNetBlock(c, c, up=True, **blk)
+
 class SongUNet(nn.Module):
     def __init__(self, img_resolution, in_channels, out_channels, label_dim=0, augment_dim=0, model_channels=128,
                  channel_mult=(1, 2, 2, 2), channel_mult_emb=4, num_blocks=4, attn_resolutions=(16,), dropout=0.10,
@@ -59,11 +69,7 @@ class SongUNet(nn.Module):
         last = len(channel_mult) - 1
         for level, mult in reversed(list(enumerate(channel_mult))):
             r = img_resolution >> level
-            if level == last:
-                self.dec[f"{r}x{r}_in0"] = UNetBlock(c, c, attention=True, **blk)
-                self.dec[f"{r}x{r}_in1"] = UNetBlock(c, c, **blk)
-            else:
-                self.dec[f"{r}x{r}_up"] = UNetBlock(c, c, up=True, **blk)
+            open_decoder_level(self.dec, r, c, level == last, blk)
             for i in range(num_blocks + 1):
                 self.dec[f"{r}x{r}_block{i}"] = UNetBlock(c + skips.pop(), model_channels * mult,
                                                           attention=i == num_blocks and r in attn_resolutions, **blk)
@@ -143,11 +149,7 @@ class DhariwalUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             r = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{r}x{r}_in0"] = UNetBlock(c, c, attention=True, **blk)
-                self.dec[f"{r}x{r}_in1"] = UNetBlock(c, c, **blk)
-            else:
-                self.dec[f"{r}x{r}_up"] = UNetBlock(c, c, up=True, **blk)
+            open_decoder_level(self.dec, r, c, level == len(channel_mult) - 1, blk)
             for i in range(num_blocks + 1):
                 self.dec[f"{r}x{r}_block{i}"] = UNetBlock(c + skips.pop(), model_channels * mult,
                                                           attention=r in attn_resolutions, **blk)
