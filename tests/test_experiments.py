@@ -103,14 +103,21 @@ def test_dry_run_plans_exactly_the_published_rows_named(name):
         assert {p["solver"] for p in planned} == set(SOLVERS)
         assert {p["nfe"] for p in planned} == {5, 6, 8, 10, 12, 15, 20, 50}
         assert {p["model"] for p in planned} == {name[len("zoo_"):]}
-        assert len(planned) == len(SOLVERS) * 8
+        assert len(planned) == len(SOLVERS) * 8 + 3  # + diffusers' PNDM at the three NFEs >= 13
 
 
 def test_zoo_solvers_use_diffusers_defaults_where_diffusers_has_the_scheduler():
     presets = set(compose_protocol()["solvers"])
-    for p in plans("zoo_cifar10_ddpm"):
+    planned = plans("zoo_cifar10_ddpm")
+    for p in planned:
+        if p["solver"] == "pndm" and p["schedule"] != "diffusers":
+            continue  # nfebench's PLMS runs the whole row; diffusers' PNDM only where it can (below)
         want = "diffusers" if p["solver"] in presets else p["schedule"]
         assert p["schedule"] == want, (p["solver"], p["schedule"])
+    # PNDMScheduler() spends N + 9 calls and needs N >= 4: the zoo's NFEs from 13 up
+    assert sorted(p["nfe"] for p in planned if p["solver"] == "pndm" and p["schedule"] == "diffusers") == [15, 20, 50]
+    assert sorted(p["nfe"] for p in planned if p["solver"] == "pndm" and p["schedule"] != "diffusers") == \
+        [5, 6, 8, 10, 12, 15, 20, 50]
     heun = {p["nfe"]: p for p in plans("zoo_cifar10_ddpm") if p["solver"] == "heun"}
     # diffusers' Heun: N inference steps cost 2N-1 evaluations; the record keeps both numbers
     assert (heun[10]["paper"]["value"], heun[10]["counted"]) == (5, 9)
