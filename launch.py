@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from launch.cli import check_overrides, fail
 from launch.launchers import check_launcher_overrides
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="config")

@@ -22,9 +22,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from launch.records import atomic_write_bytes
+from common.files import atomic_write_bytes
+from common.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "bench" / "sweep.md"
 SWEEP = ["model=gaussian", "num_samples=32", "solver=ddim,euler,heun,dpmpp,ipndm,unipc", "nfe=5,10,20,40"]
 RUNS = 6 * 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXIT_BAD_INPUT = 2

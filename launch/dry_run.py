@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from .cli import report
 from .experiment import paper_count

@@ -34,7 +34,7 @@ def paper_count(cfg: dict, steps: int, counted: int) -> dict:
     conv = (cfg.get("experiment") or {}).get("nfe_convention")
     if conv is None:
         return {}
-    from sampling.errors import NfebenchError
+    from common.errors import NfebenchError
 
     if conv not in CONVENTIONS:
         raise NfebenchError(f"unknown experiment.nfe_convention '{conv}'; valid: {', '.join(CONVENTIONS)}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from .cli import overrides_only
 

@@ -2,71 +2,24 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
+from common.errors import NfebenchError
+
+from common.paths import REPO
 
 RECORD_NAME = "record.json"
 STATE_NAME = "metric_state.npz"  # mergeable metric statistics, written before the record
-REPO = Path(__file__).resolve().parents[1]
 
 
 # Keys every record has; a file without them is not a record (e.g. hand-edited or from another tool).
 REQUIRED_KEYS = ("status", "config", "config_hash", "model", "solver", "nfe", "samples", "metrics", "timing")
-
-
-def _umask() -> int:
-    # os.umask can only be read by setting it; the process is single-threaded when this first runs
-    # for a CLI, and the value is cached so worker threads never race on it.
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
-
-
-_UMASK = None
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes 0600 files; a plain open() would give 0666 minus the umask (shared clusters
-        # rely on group-readable records and FID caches)
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def npz_bytes(arrays: dict) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode())
-
-
-def _jsonable(v):
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 def config_hash(resolved_cfg: dict) -> str:
@@ -99,8 +52,6 @@ def git_state() -> dict:
 
 def load_record(path) -> dict:
     """One record.json as a dict; NfebenchError naming the file if it is unreadable, not JSON or lacks keys."""
-    from sampling.errors import NfebenchError
-
     path = Path(path)
     try:
         rec = json.loads(path.read_text())
@@ -133,8 +84,6 @@ def read_records(root: Path, on_bad=None) -> list[dict]:
     A corrupt record raises NfebenchError naming it, unless on_bad(path, error) is given: then it is
     called and the file skipped.
     """
-    from sampling.errors import NfebenchError
-
     out = []
     for p in sorted(Path(root).rglob(RECORD_NAME)):
         try:

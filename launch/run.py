@@ -19,7 +19,7 @@ from metrics.suites import FID_SUITES, build_metrics, metrics_config
 from models.counter import CountedDenoiser
 from models.registry import build_model
 from models.thresholding import Thresholded
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 from sampling.registry import get_solver
 from sampling.schedules import make_noise_schedule
 from sampling.seeds import SampleNoise
@@ -27,8 +27,8 @@ from sampling.timesteps import final_step, make_grid
 
 from . import validate
 from .experiment import paper_count
-from .records import (RECORD_NAME, STATE_NAME, atomic_write_bytes, atomic_write_json, config_hash, git_state, npz_bytes,
-                      versions)
+from .records import RECORD_NAME, STATE_NAME, config_hash, git_state, versions
+from common.files import atomic_write_bytes, atomic_write_json, npz_bytes
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 MODES = ("disabled", "offline", "online")
 

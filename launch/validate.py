@@ -10,7 +10,7 @@ import inspect
 import math
 from numbers import Real
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 # name -> (lowest allowed value, whether that value itself is allowed)
 LOWER_BOUNDS = {

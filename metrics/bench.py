@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from launch.records import atomic_write_bytes
+from common.files import atomic_write_bytes
+from common.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "bench"
 CASES = [  # (label, suite config, samples, batch)
     ("tiny fid_is+kid+prc 1k", {"name": "fid_is", "extractor": "tiny", "kid": True, "prc": True,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from .features import EXTRACTORS, Extractor, build_extractor, file_sha256, to_uint8
 from .fid import FIDMetrics, _version

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from .frechet import frechet_distance
 from .moments import RunningMoments

@@ -21,9 +21,9 @@ import math
 import numpy as np
 import torch
 
-from launch.records import atomic_write_bytes, npz_bytes
+from common.files import atomic_write_bytes, npz_bytes
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from .frechet import frechet_distance
 from .moments import RunningMoments

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 EXTRACTORS: dict = {}
 _SHA_CACHE: dict = {}

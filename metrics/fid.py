@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from .features import build_extractor, check_images, to_uint8
 from .references import resolve_reference

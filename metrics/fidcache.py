@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from launch.records import atomic_write_bytes, npz_bytes
-from sampling.errors import NfebenchError
+from common.files import atomic_write_bytes, npz_bytes
+from common.errors import NfebenchError
 
 from .features import file_sha256
 from .moments import RunningMoments

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from .fidcache import folder_reference, load_npz_reference
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from launch.records import atomic_write_bytes
-from sampling.errors import NfebenchError
+from common.files import atomic_write_bytes
+from common.errors import NfebenchError
 
 from .features import to_uint8
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 _SALT = np.uint64(0x6E666562656E6368)  # fixed: the same index is kept or dropped in every run
 

@@ -7,7 +7,7 @@ same config, exactly: that is how shards of one run become one result.
 """
 from __future__ import annotations
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from .clean_fid import CleanFidMetrics
 from .digits_fd import DigitsFDMetrics

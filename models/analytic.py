@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from .denoiser import FROM_X0, Denoiser, check_prediction, dim
 

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 
 class BudgetExceeded(NfebenchError):

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 
 def _x0_from_eps(out, x, a, s):

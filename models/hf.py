@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 TRUE = {"1", "true", "yes", "on"}
 PROBE_TIMEOUT_S = 0.8

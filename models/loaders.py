@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from .hf import load_component, make_source, snapshot_commit
 from . import pretrained as P
 from .pretrained import GuidedDiTDenoiser, LatentUNetDenoiser, UNetDenoiser, check_network
-
-REPO = Path(__file__).resolve().parents[1]
+from common.paths import REPO
 
 
 def _source(repo_id, path, revision, cache_dir):

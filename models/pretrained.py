@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from .denoiser import Denoiser, check_prediction
 from .hf import Source

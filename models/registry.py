@@ -1,7 +1,7 @@
 """Model families by name: `model.family` in a configs/model/*.yaml picks a builder here."""
 from __future__ import annotations
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 from sampling.schedules import make_noise_schedule
 
 MODEL_FAMILIES: dict[str, callable] = {}

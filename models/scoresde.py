@@ -20,7 +20,7 @@ import zipfile
 
 import torch
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from .edm import EDMDenoiser, FileSource, check_shape
 from .edm.checkpoint import locate, sha256

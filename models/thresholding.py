@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 
 class Thresholded:

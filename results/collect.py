@@ -22,8 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 from launch.cli import report
-from launch.records import RECORD_NAME, atomic_write_bytes, load_record
-from sampling.errors import NfebenchError
+from launch.records import RECORD_NAME, load_record
+from common.files import atomic_write_bytes
+from common.errors import NfebenchError
 
 from . import published as pub
 from .settings import flatten, fmt, label, run_settings, setup_part, solver_part

@@ -28,10 +28,11 @@ import pandas as pd
 import yaml
 
 from launch.cli import report
-from launch.records import atomic_write_bytes, read_records
-from sampling.errors import NfebenchError
+from launch.records import read_records
+from common.files import atomic_write_bytes
+from common.errors import NfebenchError
+from common.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "leaderboard"
 EXPERIMENT = "leaderboard_cpu"
 COMPARED = ("README.md", "leaderboard.csv")

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from launch.cli import report
-from launch.records import (RECORD_NAME, STATE_NAME, atomic_write_bytes, atomic_write_json, config_hash, load_record,
-                            npz_bytes, read_records)
-from sampling.errors import NfebenchError
+from launch.records import RECORD_NAME, STATE_NAME, config_hash, load_record, read_records
+from common.files import atomic_write_bytes, atomic_write_json, npz_bytes
+from common.errors import NfebenchError
 
 SHARD_KEYS = ("sample_offset", "num_samples")
 

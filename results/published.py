@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 DATA = Path(__file__).resolve().parent / "data"
 PUBLISHED_CSV = DATA / "published_fid.csv"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import NfebenchError
+from common.errors import NfebenchError
 
 
 def _same(n, **_):

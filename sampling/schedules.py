@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .errors import NfebenchError
+from common.errors import NfebenchError
 
 NOISE_SCHEDULES: dict[str, type] = {}
 

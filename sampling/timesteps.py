@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import NfebenchError
+from common.errors import NfebenchError
 
 TIME_GRIDS: dict[str, callable] = {}
 

@@ -16,7 +16,7 @@ from results.collect import main
 from results.merge import main as merge_main
 from results.published import published_rows
 from results.settings import compose, label, settings
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 from helpers import launch
 
 REPO = Path(__file__).resolve().parents[1]

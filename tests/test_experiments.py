@@ -204,7 +204,7 @@ def test_unknown_experiment_is_one_line_listing_the_valid_ones():
 
 
 def test_a_published_name_that_matches_nothing_is_refused():
-    from sampling.errors import NfebenchError
+    from common.errors import NfebenchError
 
     with pytest.raises(NfebenchError, match="no published row has table 'Table 7'"):
         collector_published.published_rows(DDIM, "Table 7", "DDPM (Ho et al. 2020) CIFAR-10")

@@ -99,7 +99,7 @@ def test_every_bad_input_is_one_line_exit_2_and_writes_no_record(tmp_path):
 
 def test_fid_files_are_checked_before_the_model_is_built(tmp_path, monkeypatch):
     import launch.run as run
-    from sampling.errors import NfebenchError
+    from common.errors import NfebenchError
 
     def no_model(cfg):
         raise AssertionError("the model was built before the metric files were checked")
@@ -176,7 +176,7 @@ def test_worker_killed_after_its_record_counts_as_done(tmp_path):
     from hydra.core.utils import JobStatus
 
     from hydra_plugins.nfebench_launchers.local import NfebenchLocalLauncher, _Job
-    from launch.records import atomic_write_json
+    from common.files import atomic_write_json
 
     launcher = NfebenchLocalLauncher()
     launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})

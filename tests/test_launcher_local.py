@@ -11,7 +11,7 @@ import pytest
 
 from hydra_plugins.nfebench_launchers.local import CPU, worker_env, worker_slots
 from helpers import launch as run_launch
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=gaussian", "num_samples=50", "grid_images=0", "launcher=local"]  # no png: no torchvision import

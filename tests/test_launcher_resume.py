@@ -47,7 +47,7 @@ def test_load_record_names_the_file(tmp_path):
     import pytest
 
     from launch.records import load_record
-    from sampling.errors import NfebenchError
+    from common.errors import NfebenchError
 
     p = tmp_path / "record.json"
     for text, why in (("{\"status\": ", "not JSON"), ("[1, 2]", "not a JSON object"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from results.merge import check_ranges, main as merge_main
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 from helpers import launch
 
 REPO = Path(__file__).resolve().parents[1]

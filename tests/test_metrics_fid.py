@@ -17,7 +17,7 @@ from metrics.fid import inception_score, reference_stats
 from metrics.fidcache import folder_reference
 from metrics.frechet import frechet_distance
 from metrics.suites import build_metrics
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from metrics import clean_fid, fid_is
 from metrics.features import Extractor, build_extractor, check_images, register_extractor
 from metrics.subset import FeatureSubset
 from metrics.suites import build_metrics, metrics_config
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 REPO = Path(__file__).resolve().parents[1]
 

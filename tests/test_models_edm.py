@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from launch.run import plan, sample_batches
 from models.edm.precond import PRECONDS
 from models.registry import build_model
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 from sampling.registry import get_solver
 from helpers import compose_cfg, every_solver_runs
 from sampling.seeds import SampleNoise

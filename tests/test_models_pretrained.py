@@ -21,7 +21,7 @@ from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DModel, VQModel
 
 from launch.run import plan, sample_batches
 from models.registry import build_model
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

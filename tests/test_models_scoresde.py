@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from models.registry import build_model
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 from sampling.registry import get_solver
 from helpers import compose_cfg, every_solver_runs
 

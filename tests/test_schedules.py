@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 from sampling.schedules import NOISE_SCHEDULES, VPDiscrete, make_noise_schedule
 from sampling.timesteps import TIME_GRIDS, make_grid
 

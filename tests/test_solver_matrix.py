@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from launch.run import plan, sample_batches
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 from sampling.registry import SOLVERS, get_solver
 
 get_solver("ddim")  # imports every solver module, so SOLVERS is complete

@@ -14,7 +14,7 @@ import torch
 from helpers import gaussian, solve
 from metrics.frechet import frechet_distance
 from models.counter import BudgetExceeded
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 from sampling.registry import get_solver
 from sampling.seeds import SampleNoise
 from sampling.timesteps import make_grid

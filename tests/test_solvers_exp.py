@@ -15,7 +15,7 @@ import torch
 
 from models.counter import CountedDenoiser
 from models.registry import build_model
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 from sampling.registry import get_solver
 from sampling.solvers import singlestep
 from sampling.solvers.expint import lagrange_weights, multistep_weights, predict, step

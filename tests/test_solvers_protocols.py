@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from launch.run import plan, sample_batches
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 from sampling.seeds import SampleNoise
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

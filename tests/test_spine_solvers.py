@@ -8,7 +8,7 @@ from helpers import fitted_order, gaussian, solve
 from launch.run import plan, sample_batches
 from models.counter import BudgetExceeded, CountedDenoiser
 from models.registry import build_model
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 from sampling.registry import get_solver
 from sampling.seeds import SampleNoise
 

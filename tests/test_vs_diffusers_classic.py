@@ -30,7 +30,7 @@ from diffusers.schedulers import scheduling_ddpm  # noqa: E402
 
 from models.counter import CountedDenoiser  # noqa: E402
 from models.denoiser import Denoiser  # noqa: E402
-from sampling.errors import NfebenchError  # noqa: E402
+from common.errors import NfebenchError  # noqa: E402
 from sampling.registry import get_solver  # noqa: E402
 from sampling.schedules import make_noise_schedule  # noqa: E402
 from sampling.seeds import SampleNoise  # noqa: E402

@@ -28,14 +28,14 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globa
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, open_dict
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from .pending import run_hash, split_complete
 from .summary import exit_if_failed, print_summary
 from .worker import PARENT_ENV
+from common.paths import REPO
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
 CPU = ""  # the slot of a CPU worker: CUDA_VISIBLE_DEVICES="" hides every GPU
 
 

@@ -60,7 +60,7 @@ def run_one(payload: str, result: str) -> None:
     from hydra.core.singleton import Singleton
     from hydra.core.utils import run_job, setup_globals
 
-    from launch.records import atomic_write_bytes
+    from common.files import atomic_write_bytes
 
     # first log line: the device this run was given (what torch in this process will see)
     print(f"nfebench worker pid {os.getpid()}: CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}",

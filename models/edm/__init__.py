@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 from ..pretrained import NetworkDenoiser, class_labels as draw_labels, network_dtype as parse_dtype
 from .checkpoint import load_network, locate, sha256

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sampling.errors import NfebenchError
+from common.errors import NfebenchError
 
 PERSISTENCE_VERSION = 6  # the torch_utils.persistence format EDM's pickles were written with
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import NfebenchError
+from common.errors import NfebenchError
 from ..registry import register_solver
 from .grid import grid_coeffs
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import NfebenchError
+from common.errors import NfebenchError
 from ..registry import register_solver
 from .dpmpp import run_multistep
 from .expint import lagrange_weights, step

@@ -18,7 +18,7 @@ one point per evaluation, so NFE = steps there too.
 from __future__ import annotations
 
 
-from ..errors import NfebenchError
+from common.errors import NfebenchError
 from ..registry import register_solver
 from . import singlestep
 from .expint import multistep_weights, past_ratios, predict, step

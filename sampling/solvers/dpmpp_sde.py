@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ..errors import NfebenchError
+from common.errors import NfebenchError
 from ..registry import register_solver
 from .grid import grid_coeffs
 from .orders import lower_order_final_applies, multistep_orders

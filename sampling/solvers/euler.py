@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ..errors import NfebenchError
+from common.errors import NfebenchError
 from ..registry import register_solver
 from .grid import grid_coeffs
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import NfebenchError
+from common.errors import NfebenchError
 
 FORMS = ("data", "eps")
 

@@ -8,7 +8,7 @@ step's O(h^2) local error caps the global order at 2 for order >= 2).
 """
 from __future__ import annotations
 
-from ..errors import NfebenchError
+from common.errors import NfebenchError
 from ..registry import register_solver
 from .grid import grid_coeffs
 from .pndm import combine

@@ -6,7 +6,7 @@ steps < 15, UniPC always. The rule is an explicit option: "always", "never" or "
 """
 from __future__ import annotations
 
-from ..errors import NfebenchError
+from common.errors import NfebenchError
 
 
 def lower_order_final_applies(rule, steps: int) -> bool:

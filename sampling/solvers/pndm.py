@@ -22,7 +22,7 @@ unused) so the NFE count is diffusers' own: S + 10 for f_pndm.
 """
 from __future__ import annotations
 
-from ..errors import NfebenchError
+from common.errors import NfebenchError
 from ..registry import register_solver
 from .grid import grid_coeffs
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import NfebenchError
+from common.errors import NfebenchError
 from .expint import lagrange_weights, step_between
 
 OUTER_GRIDS = ("logsnr", "fine")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import NfebenchError
+from common.errors import NfebenchError
 from ..registry import register_solver
 from .ddim import sample_ddim
 from .grid import grid_coeffs

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ..errors import NfebenchError
+from common.errors import NfebenchError
 from ..registry import register_solver
 from .expint import phi
 from .grid import grid_coeffs
