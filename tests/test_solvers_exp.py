@@ -17,8 +17,8 @@ from models.counter import CountedDenoiser
 from models.registry import build_model
 from common.errors import NfebenchError
 from sampling.registry import get_solver
-from sampling.solvers import singlestep
-from sampling.solvers.expint import lagrange_weights, multistep_weights, predict, step
+from sampling.solvers import dpm_solver, dpmpp, singlestep
+from sampling.solvers.expint import lagrange_weights, predict, step
 from sampling.solvers.grid import grid_coeffs
 from sampling.timesteps import make_grid
 
@@ -130,8 +130,10 @@ def test_multistep_local_orders(model, form, weights, expected):
         g, xs = _exact_states(model, [l1 - 2 * h, l1 - h, l1, l1 + h])
         preds = [predict(form, model, xs[i], g.t[i], g.alpha[i], g.sigma[i]) for i in (2, 1, 0)]
         st = step(form, g, 2, 3)
-        w = lagrange_weights(st, [0.0, -1.0, -2.0]) if weights == "lagrange" else multistep_weights(st, 3, [1.0, 1.0])
-        y = st.keep * xs[2] + sum(wi * p for wi, p in zip(w, preds))
+        keep, w = st.keep, lagrange_weights(st, [0.0, -1.0, -2.0])
+        if weights == "dpm_3m":
+            keep, w = dpmpp.step_weights(g, 2, 3) if form == "data" else dpm_solver.step_weights(g, 2, 3)
+        y = keep * xs[2] + sum(wi * p for wi, p in zip(w, preds))
         errors.append(float((y - xs[3]).norm()))
     assert abs(_local_order(errors, HS) - expected) <= 0.3
 

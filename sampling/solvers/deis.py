@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.errors import NfebenchError
+from common.registry import check_choice
 from ..registry import register_solver
-from .dpmpp import run_multistep
+from . import multistep
 from .expint import lagrange_weights, step
 from .grid import grid_coeffs
-from .orders import lower_order_final_applies, multistep_orders
+from .orders import describe_multistep, multistep_orders
 
 GAUSS = np.polynomial.legendre.leggauss(16)
 
@@ -55,18 +55,23 @@ BASES = {"t": _t_weights, "logrho": _logrho_weights}
 
 
 def deis_weights(g, orders, basis, noise):
-    if basis not in BASES:
-        raise NfebenchError(f"deis basis must be one of {', '.join(BASES)}; got '{basis}'")
-    return [BASES[basis](g, k, o, noise) for k, o in enumerate(orders)]
+    weights = BASES[check_choice("deis basis", basis, BASES)]
+    return [weights(g, k, o, noise) for k, o in enumerate(orders)]
+
+
+@multistep.per_grid
+def plan(noise, ts, order: int, lower_order_final, basis: str):
+    """(grid, steps): x_{k+1} = alpha_{k+1}/alpha_k x_k + sum_j w_j eps_{k-j}; the quadrature runs once per run."""
+    g = grid_coeffs(noise, ts)
+    weights = deis_weights(g, multistep_orders(len(ts) - 1, order, lower_order_final), basis, noise)
+    return g, [(g.alpha[k + 1] / g.alpha[k], tuple(float(v) for v in w)) for k, w in enumerate(weights)]
 
 
 def _describe(steps, order=3, lower_order_final="below_15", basis="t", **_):
-    return {"step_orders": multistep_orders(steps, int(order), lower_order_final),
-            "lower_order_final_applied": lower_order_final_applies(lower_order_final, steps), "basis": basis}
+    return {**describe_multistep(steps, order, lower_order_final), "basis": basis}
 
 
 @register_solver("deis", describe=_describe)
 def sample_deis(model, x, ts, noise, rng=None, order: int = 3, lower_order_final="below_15", basis="t"):
-    g = grid_coeffs(noise, ts)
-    orders = multistep_orders(len(ts) - 1, int(order), lower_order_final)
-    return run_multistep("eps", model, x, g, deis_weights(g, orders, basis, noise))
+    g, steps = plan(noise, ts, int(order), lower_order_final, basis)
+    return multistep.run("eps", model, x, g, steps)

@@ -11,40 +11,39 @@ D_1 = (m_k - m_{k-1}) / r_k the first difference (order 1 drops it). Noise is dr
 from __future__ import annotations
 
 import math
+from collections import deque
 
-import numpy as np
-
-from common.errors import NfebenchError
+from common.registry import check_choice
 from ..registry import register_solver
 from .grid import grid_coeffs
-from .orders import lower_order_final_applies, multistep_orders
+from .multistep import combine, on_predictions, per_grid
+from .orders import describe_multistep, multistep_orders
 
 
-def _coeffs(g, k, order):
-    """(keep, weights on (m_k, m_{k-1}), noise std) for the step k -> k+1."""
+def step_weights(g, k: int, order: int):
+    """(keep, weights on m_k, m_{k-1}, noise std) of the step k -> k+1: alpha_{k+1} (1 - e^{-2h}) multiplies
+    D0 + 1/2 D1, the same divided differences as the ODE's 2M (multistep.on_predictions)."""
     h = g.lam[k + 1] - g.lam[k]
-    a = g.alpha[k + 1] * -math.expm1(-2 * h)
-    w = np.array([1.0, 0.0])
-    if order == 2:
-        r = (g.lam[k] - g.lam[k - 1]) / h
-        w = w + 0.5 * np.array([1.0, -1.0]) / r
-    return g.sigma[k + 1] / g.sigma[k] * math.exp(-h), list(a * w), g.sigma[k + 1] * math.sqrt(-math.expm1(-2 * h))
+    c = g.alpha[k + 1] * -math.expm1(-2 * h)
+    keep = g.sigma[k + 1] / g.sigma[k] * math.exp(-h)
+    return keep, on_predictions(g, k, order, c, c / 2), g.sigma[k + 1] * math.sqrt(-math.expm1(-2 * h))
+
+
+@per_grid
+def plan(noise, ts, order: int, lower_order_final):
+    g = grid_coeffs(noise, ts)
+    return g.t, [step_weights(g, k, o) for k, o in enumerate(multistep_orders(len(ts) - 1, order, lower_order_final))]
 
 
 def _describe(steps, order=2, lower_order_final="below_10", **_):
-    return {"step_orders": multistep_orders(steps, int(order), lower_order_final),
-            "lower_order_final_applied": lower_order_final_applies(lower_order_final, steps)}
+    return describe_multistep(steps, order, lower_order_final)
 
 
 @register_solver("dpmpp_sde", describe=_describe, stochastic=True)
 def sample_dpmpp_sde(model, x, ts, noise, rng=None, order: int = 2, lower_order_final="below_10"):
-    if int(order) not in (1, 2):
-        raise NfebenchError(f"dpmpp_sde order must be 1 or 2; got {order}")
-    g = grid_coeffs(noise, ts)
-    orders = multistep_orders(len(ts) - 1, int(order), lower_order_final)
-    coeffs = [_coeffs(g, k, o) for k, o in enumerate(orders)]
-    history = []
-    for k, (keep, w, c) in enumerate(coeffs):
-        history = [model(x, g.t[k])] + history[:1]
-        x = keep * x + sum(wk * m for wk, m in zip(w, history) if wk != 0.0) + c * rng.like(x)
+    t, steps = plan(noise, ts, check_choice("dpmpp_sde order", int(order), (1, 2)), lower_order_final)
+    history = deque(maxlen=2)  # data predictions, newest first
+    for k, (keep, w, std) in enumerate(steps):
+        history.appendleft(model(x, t[k]))
+        x = combine(keep, x, w, history).add_(rng.like(x), alpha=std)  # + sigma_{k+1} sqrt(1 - e^{-2h}) xi_k
     return x

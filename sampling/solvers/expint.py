@@ -1,4 +1,7 @@
-"""Exponential-integrator coefficients shared by DPM-Solver(++), SDE-DPM-Solver++, UniPC and DEIS.
+"""Exponential-integrator coefficients: phi functions, one step in the data or eps form, Lagrange weights.
+
+Used by DPM-Solver(++) (multistep and singlestep), UniPC and DEIS. SDE-DPM-Solver++ (dpmpp_sde.py)
+integrates the reverse SDE, whose integrating factor is e^{-2h}, and writes its few coefficients itself.
 
 Over one step from lambda_s to lambda_t (h = lambda_t - lambda_s) the probability-flow ODE is
 solved exactly up to the integral of the model prediction (Lu et al. 2022a/b):
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.errors import NfebenchError
+from common.registry import check_choice
 
 FORMS = ("data", "eps")
 
@@ -32,9 +35,7 @@ def phi(k: int, z: float) -> float:
 
 
 def check_form(form: str) -> str:
-    if form not in FORMS:
-        raise NfebenchError(f"prediction form must be one of {', '.join(FORMS)}; got '{form}'")
-    return form
+    return check_choice("prediction form", form, FORMS)
 
 
 @dataclass(frozen=True)
@@ -81,32 +82,7 @@ def lagrange_weights(st: Step, nodes) -> list[float]:
     return w
 
 
-def multistep_weights(st: Step, order: int, r: list[float], d2_weight: float = 1.0) -> list[float]:
-    """DPM-Solver(++) multistep weights on (m_k, m_{k-1}, m_{k-2}) (Lu et al. 2022b, Alg. 2; 3M from their code).
-
-    r[i] = h_{k-1-i}/h_k are the past step ratios. Order 2 is the midpoint form (1/2 E_1 on the first
-    difference); order 3 uses the Taylor-form divided differences D1, D2 with E_2, E_3 as the reference code.
-    D2 ~ h^2 x0''/2 while the Taylor term integrates h^2 x0'' E_3, so exact quadratic integration needs
-    d2_weight = 2; the reference code (and diffusers, k-diffusion) use 1.
-    """
-    e0 = np.array([1.0, 0.0, 0.0])
-    if order == 1:
-        return list(st.scale * st.E(1) * e0)
-    d1_0 = np.array([1.0, -1.0, 0.0]) / r[0]
-    if order == 2:
-        return list(st.scale * st.E(1) * (e0 + 0.5 * d1_0))
-    d1_1 = np.array([0.0, 1.0, -1.0]) / r[1]
-    d1 = d1_0 + r[0] / (r[0] + r[1]) * (d1_0 - d1_1)
-    d2 = (d1_0 - d1_1) / (r[0] + r[1])
-    return list(st.scale * (st.E(1) * e0 + st.E(2) * d1 + d2_weight * st.E(3) * d2))
-
-
-def past_ratios(g, k: int, order: int) -> list[float]:
-    h = g.lam[k + 1] - g.lam[k]
-    return [(g.lam[k - i] - g.lam[k - i - 1]) / h for i in range(order - 1)]
-
-
 def predict(form: str, model, x, t: float, alpha: float, sigma: float):
     """The model's prediction in the solver's form (the model always returns x0)."""
     x0 = model(x, t)
-    return x0 if form == "data" else (x - alpha * x0) / sigma
+    return x0 if form == "data" else x.sub(x0, alpha=alpha).div_(sigma)  # (x - alpha x0) / sigma, one buffer

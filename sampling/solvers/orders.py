@@ -7,6 +7,7 @@ steps < 15, UniPC always. The rule is an explicit option: "always", "never" or "
 from __future__ import annotations
 
 from common.errors import NfebenchError
+from common.registry import check_choice
 
 
 def lower_order_final_applies(rule, steps: int) -> bool:
@@ -21,7 +22,12 @@ def lower_order_final_applies(rule, steps: int) -> bool:
 
 
 def multistep_orders(steps: int, order: int, lower_order_final="always") -> list[int]:
-    if order not in (1, 2, 3):
-        raise NfebenchError(f"multistep order must be 1, 2 or 3; got {order}")
+    check_choice("multistep order", order, (1, 2, 3))
     lower = lower_order_final_applies(lower_order_final, steps)
     return [min(order, k + 1, steps - k) if lower else min(order, k + 1) for k in range(steps)]
+
+
+def describe_multistep(steps: int, order, lower_order_final) -> dict:
+    """What the run record says about a multistep solver's orders."""
+    return {"step_orders": multistep_orders(steps, int(order), lower_order_final),
+            "lower_order_final_applied": lower_order_final_applies(lower_order_final, steps)}

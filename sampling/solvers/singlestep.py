@@ -19,17 +19,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.errors import NfebenchError
-from .expint import lagrange_weights, step_between
+from common.registry import check_choice
+from .expint import lagrange_weights, predict, step_between
+from .grid import grid_coeffs
+from .multistep import combine, per_grid
 
 OUTER_GRIDS = ("logsnr", "fine")
 FRACTIONS = {1: [], 2: [0.5], 3: [1 / 3, 2 / 3]}
 
 
 def fast_orders(n: int, order: int) -> list[int]:
-    if order not in (1, 2, 3):
-        raise NfebenchError(f"singlestep order must be 1, 2 or 3; got {order}")
-    if order == 1:
+    if check_choice("singlestep order", order, (1, 2, 3)) == 1:
         return [1] * n
     if order == 2:
         return [2] * (n // 2) + [1] * (n % 2)
@@ -74,14 +74,16 @@ def _block(form, pts, end) -> Block:
     return Block(pts, stages)
 
 
-def plan_blocks(form, g, noise, order: int, outer_grid: str):
+@per_grid
+def plan_blocks(noise, ts, form: str, order: int, outer_grid: str) -> list[Block]:
+    g = grid_coeffs(noise, ts)
     n = len(g.t) - 1
     orders = fast_orders(n, order)
-    if outer_grid == "fine":
+    if check_choice("outer_grid", outer_grid, OUTER_GRIDS) == "fine":
         pts = [Point(g.t[i], g.alpha[i], g.sigma[i], g.lam[i]) for i in range(n + 1)]
         ends = np.cumsum([0] + orders)
         blocks = [_block(form, pts[a:b], pts[b]) for a, b in zip(ends[:-1], ends[1:])]
-    elif outer_grid == "logsnr":
+    else:
         lams = np.linspace(g.lam[0], g.lam[-1], len(orders) + 1)
         outer = [Point(g.t[0], g.alpha[0], g.sigma[0], g.lam[0])] + [_point(noise, l) for l in lams[1:-1]] + \
                 [Point(g.t[-1], g.alpha[-1], g.sigma[-1], g.lam[-1])]
@@ -90,19 +92,23 @@ def plan_blocks(form, g, noise, order: int, outer_grid: str):
             s, e = outer[k], outer[k + 1]
             inner = [_point(noise, s.lam + f * (e.lam - s.lam)) for f in FRACTIONS[o]]
             blocks.append(_block(form, [s] + inner, e))
-    else:
-        raise NfebenchError(f"outer_grid must be one of {', '.join(OUTER_GRIDS)}; got '{outer_grid}'")
-    return orders, blocks
+    return blocks
 
 
-def run_blocks(model, x, blocks, predict):
-    """predict(model, x, point) -> the prediction in the blocks' form."""
+def run_blocks(model, x, blocks, pred):
+    """pred(model, x, point) -> the prediction in the blocks' form. Each stage starts from the block's start xs:
+    x = keep xs + sum_i w_i m_i over the predictions m_i of the block so far."""
     for blk in blocks:
         xs, preds = x, []
         for pt, (keep, w) in zip(blk.points, blk.stages):
-            preds.append(predict(model, x, pt))
-            x = keep * xs + sum(wi * p for wi, p in zip(w, preds) if wi != 0.0)
+            preds.append(pred(model, x, pt))
+            x = combine(keep, xs, w, preds)
     return x
+
+
+def sample(form, model, x, ts, noise, order, outer_grid):
+    blocks = plan_blocks(noise, ts, form, int(order), outer_grid)
+    return run_blocks(model, x, blocks, lambda m, y, p: predict(form, m, y, p.t, p.alpha, p.sigma))
 
 
 def describe(steps, order, outer_grid):

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 
+from collections import deque
+
 import numpy as np
 
-from common.errors import NfebenchError
+from common.registry import check_choice
 from ..registry import register_solver
 from .expint import phi
 from .grid import grid_coeffs
-from .orders import lower_order_final_applies, multistep_orders
+from .multistep import combine, per_grid
+from .orders import describe_multistep, multistep_orders
 
 B_FUNCTIONS = {"bh1": lambda hh: hh, "bh2": math.expm1}
 
@@ -47,32 +50,33 @@ def _coeffs(g, k, order, variant, corrector):
         # D_i = (m_{k-i} - m_k) / r_i enters as - alpha B(h) rho_i D_i
         w[1 + i] -= bh * rho_i / ri
         w[1] += bh * rho_i / ri
-    return list(w)
+    return tuple(float(v) for v in w)
+
+
+@per_grid
+def plan(noise, ts, order: int, variant: str, lower_order_final):
+    """Model times, keep_k = sigma_{k+1}/sigma_k, and the predictor and corrector weights of each step k -> k+1."""
+    g = grid_coeffs(noise, ts)
+    orders = list(enumerate(multistep_orders(len(ts) - 1, order, lower_order_final)))
+    return (g.t, [g.sigma[k + 1] / g.sigma[k] for k, _ in orders],
+            [_coeffs(g, k, o, variant, False)[1:] for k, o in orders], [_coeffs(g, k, o, variant, True) for k, o in orders])
 
 
 def _describe(steps, order=3, variant="bh1", lower_order_final="always", corrector=True, **_):
-    return {"step_orders": multistep_orders(steps, int(order), lower_order_final),
-            "lower_order_final_applied": lower_order_final_applies(lower_order_final, steps),
-            "corrector_steps": max(steps - 1, 0) if corrector else 0}
+    return {**describe_multistep(steps, order, lower_order_final), "corrector_steps": max(steps - 1, 0) if corrector else 0}
 
 
 @register_solver("unipc", describe=_describe)
 def sample_unipc(model, x, ts, noise, rng=None, order: int = 3, variant="bh1", lower_order_final="always",
                  corrector: bool = True):
-    if variant not in B_FUNCTIONS:
-        raise NfebenchError(f"unipc variant must be one of {', '.join(B_FUNCTIONS)}; got '{variant}'")
-    g = grid_coeffs(noise, ts)
-    steps = len(ts) - 1
-    orders = multistep_orders(steps, int(order), lower_order_final)
-    pred = [_coeffs(g, k, o, variant, False)[1:] for k, o in enumerate(orders)]
-    corr = [_coeffs(g, k, o, variant, True) for k, o in enumerate(orders)]
-    keep = [g.sigma[k + 1] / g.sigma[k] for k in range(steps)]
-    history, x_prev = [], x  # predictions newest first; x_prev is the (corrected) x_k
-    for k in range(steps):
-        m = model(x, g.t[k])
+    t, keep, pred, corr = plan(noise, ts, int(order), check_choice("unipc variant", variant, B_FUNCTIONS),
+                               lower_order_final)
+    history, x_prev = deque(maxlen=3), x  # predictions newest first; x_prev is the (corrected) x_k
+    for k in range(len(keep)):
+        m = model(x, t[k])
         if k > 0 and corrector:
-            x = keep[k - 1] * x_prev + sum(w * p for w, p in zip(corr[k - 1], [m] + history) if w != 0.0)
-        history = [m] + history[:2]
+            x = combine(keep[k - 1], x_prev, corr[k - 1], [m, *history])  # UniC: step k-1 again, with m_k
+        history.appendleft(m)
         x_prev = x
-        x = keep[k] * x + sum(w * p for w, p in zip(pred[k], history) if w != 0.0)
+        x = combine(keep[k], x, pred[k], history)  # UniP: x~_{k+1} = keep_k x_k + sum_j w_j m_{k-j}
     return x

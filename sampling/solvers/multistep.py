@@ -1,0 +1,66 @@
+"""What multistep exponential integrators share: the update into one buffer, the history of model
+predictions, DPM-Solver's divided differences, and a per-grid cache of the host-side weights.
+
+Every step of dpmpp, dpm_solver (multistep), deis, unipc and dpmpp_sde is
+
+    x_{k+1} = keep_k x_k + sum_j w_kj m_{k-j}      (m: the model's predictions, newest first)
+
+with keep and w host floats computed once per run, so the loop is one ``combine`` per step.
+"""
+from __future__ import annotations
+
+import functools
+from collections import deque
+
+from .expint import predict
+
+
+def combine(keep: float, x, weights, preds):
+    """keep * x + sum_j weights[j] * preds[j], written into one new buffer (x and preds are left alone:
+    the model may still hold x, and preds stay in the history)."""
+    out = x.mul(keep)
+    for w, p in zip(weights, preds):
+        if w != 0.0:
+            out.add_(p, alpha=w)
+    return out
+
+
+def run(form: str, model, x, g, steps):
+    """steps[k] = (keep, weights on m_k, m_{k-1}, ...) for k -> k+1; m is the prediction in ``form``."""
+    history = deque(maxlen=max((len(w) for _, w in steps), default=1))  # newest first
+    for k, (keep, w) in enumerate(steps):
+        history.appendleft(predict(form, model, x, g.t[k], g.alpha[k], g.sigma[k]))
+        x = combine(keep, x, w, history)
+    return x
+
+
+def on_predictions(g, k: int, order: int, c0: float, c1: float = 0.0, c2: float = 0.0) -> tuple:
+    """Weights on (m_k, m_{k-1}, m_{k-2}) of a step's  c0 D0 + c1 D1 + c2 D2  (DPM-Solver's multistep updates).
+
+    With h = lambda_{k+1} - lambda_k and r0 = h_{k-1}/h, r1 = h_{k-2}/h the past step ratios:
+        D0 = m_k,  D1_0 = (m_k - m_{k-1}) / r0,  D1_1 = (m_{k-1} - m_{k-2}) / r1,
+        order 2:  D1 = D1_0;
+        order 3:  D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1),  D2 = (D1_0 - D1_1) / (r0+r1).
+    """
+    if order == 1:
+        return (c0,)
+    h = g.lam[k + 1] - g.lam[k]
+    r0 = (g.lam[k] - g.lam[k - 1]) / h
+    if order == 2:
+        return (c0 + c1 / r0, -c1 / r0)
+    r1 = (g.lam[k - 1] - g.lam[k - 2]) / h
+    on_D1_0 = c1 * (1 + r0 / (r0 + r1)) + c2 / (r0 + r1)   # c1 D1 + c2 D2 = on_D1_0 D1_0 + on_D1_1 D1_1
+    on_D1_1 = -(c1 * r0 + c2) / (r0 + r1)
+    return (c0 + on_D1_0 / r0, on_D1_1 / r1 - on_D1_0 / r0, -on_D1_1 / r1)
+
+
+def per_grid(plan):
+    """Memoise plan(noise, ts, *options) -> host floats: a run calls its solver once per batch on one grid,
+    so the weights (DEIS's quadrature, UniPC's linear solves) are computed once per run."""
+    cached = functools.lru_cache(maxsize=32)(plan)
+
+    @functools.wraps(plan)
+    def call(noise, ts, *options):
+        return cached(noise, tuple(float(t) for t in ts), *options)
+
+    return call
