@@ -30,7 +30,7 @@ def run(form: str, model, x, g, steps):
     history = deque(maxlen=max((len(w) for _, w in steps), default=1))  # newest first
     for k, (keep, w) in enumerate(steps):
         history.appendleft(predict(form, model, x, g.t[k], g.alpha[k], g.sigma[k]))
-        x = combine(keep, x, w, history)
+        x = combine(keep, x, w, history)  # x_{k+1} = keep x_k + sum_j w_j m_{k-j}
     return x
 
 
