@@ -85,4 +85,5 @@ def lagrange_weights(st: Step, nodes) -> list[float]:
 def predict(form: str, model, x, t: float, alpha: float, sigma: float):
     """The model's prediction in the solver's form (the model always returns x0)."""
     x0 = model(x, t)
-    return x0 if form == "data" else x.sub(x0, alpha=alpha).div_(sigma)  # (x - alpha x0) / sigma, one buffer
+    # (x - alpha x0) / sigma as x/sigma - (alpha/sigma) x0: two passes into one new buffer
+    return x0 if form == "data" else x0.mul(-alpha / sigma).add_(x, alpha=1.0 / sigma)
