@@ -17,8 +17,7 @@ from common.registry import check_choice
 from ..registry import register_solver
 from . import multistep, singlestep
 from .expint import phi
-from .grid import grid_coeffs
-from .orders import describe_multistep, multistep_orders
+from .orders import describe_multistep
 
 METHODS = ("multistep", "singlestep")
 
@@ -28,12 +27,6 @@ def step_weights(g, k: int, order: int):
     h = g.lam[k + 1] - g.lam[k]
     E1, E2, E3 = (-g.sigma[k + 1] * (h * phi(j, h)) for j in (1, 2, 3))
     return g.alpha[k + 1] / g.alpha[k], multistep.on_predictions(g, k, order, E1, E1 / 2 if order == 2 else E2, E3)
-
-
-@multistep.per_grid
-def plan(noise, ts, order: int, lower_order_final):
-    g = grid_coeffs(noise, ts)
-    return g, [step_weights(g, k, o) for k, o in enumerate(multistep_orders(len(ts) - 1, order, lower_order_final))]
 
 
 def _describe(steps, method="singlestep", order=3, lower_order_final="below_10", outer_grid="logsnr", **_):
@@ -47,5 +40,5 @@ def sample_dpm_solver(model, x, ts, noise, rng=None, method="singlestep", order:
                       lower_order_final="below_10", outer_grid="logsnr"):
     if check_choice("method", method, METHODS) == "singlestep":
         return singlestep.sample("eps", model, x, ts, noise, order, outer_grid)
-    g, steps = plan(noise, ts, int(order), lower_order_final)
+    g, steps = multistep.plan(noise, ts, step_weights, int(order), lower_order_final)
     return multistep.run("eps", model, x, g, steps)

@@ -23,8 +23,7 @@ from common.registry import check_choice
 from ..registry import register_solver
 from . import multistep, singlestep
 from .expint import phi
-from .grid import grid_coeffs
-from .orders import describe_multistep, multistep_orders
+from .orders import describe_multistep
 
 METHODS = ("multistep", "singlestep")
 VARIANTS = {"reference": 1.0, "exact": 2.0}  # weight of E_3 D2 in 3M steps
@@ -37,12 +36,6 @@ def step_weights(g, k: int, order: int, d2_weight: float = 1.0):
     if order == 2:
         E2 = E1 / 2  # the paper's midpoint form
     return g.sigma[k + 1] / g.sigma[k], multistep.on_predictions(g, k, order, E1, E2, d2_weight * E3)
-
-
-@multistep.per_grid
-def plan(noise, ts, order: int, lower_order_final, d2_weight: float):
-    g = grid_coeffs(noise, ts)
-    return g, [step_weights(g, k, o, d2_weight) for k, o in enumerate(multistep_orders(len(ts) - 1, order, lower_order_final))]
 
 
 def _describe(steps, method="multistep", order=2, lower_order_final="below_10", outer_grid="logsnr",
@@ -59,5 +52,5 @@ def sample_dpmpp(model, x, ts, noise, rng=None, method="multistep", order: int =
     d2_weight = VARIANTS[check_choice("dpmpp variant", variant, VARIANTS)]
     if check_choice("method", method, METHODS) == "singlestep":
         return singlestep.sample("data", model, x, ts, noise, order, outer_grid)
-    g, steps = plan(noise, ts, int(order), lower_order_final, d2_weight)
+    g, steps = multistep.plan(noise, ts, step_weights, int(order), lower_order_final, d2_weight)
     return multistep.run("data", model, x, g, steps)

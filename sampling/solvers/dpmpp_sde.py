@@ -15,9 +15,8 @@ from collections import deque
 
 from common.registry import check_choice
 from ..registry import register_solver
-from .grid import grid_coeffs
-from .multistep import combine, on_predictions, per_grid
-from .orders import describe_multistep, multistep_orders
+from .multistep import combine, on_predictions, plan
+from .orders import describe_multistep
 
 
 def step_weights(g, k: int, order: int):
@@ -29,21 +28,15 @@ def step_weights(g, k: int, order: int):
     return keep, on_predictions(g, k, order, c, c / 2), g.sigma[k + 1] * math.sqrt(-math.expm1(-2 * h))
 
 
-@per_grid
-def plan(noise, ts, order: int, lower_order_final):
-    g = grid_coeffs(noise, ts)
-    return g.t, [step_weights(g, k, o) for k, o in enumerate(multistep_orders(len(ts) - 1, order, lower_order_final))]
-
-
 def _describe(steps, order=2, lower_order_final="below_10", **_):
     return describe_multistep(steps, order, lower_order_final)
 
 
 @register_solver("dpmpp_sde", describe=_describe, stochastic=True)
 def sample_dpmpp_sde(model, x, ts, noise, rng=None, order: int = 2, lower_order_final="below_10"):
-    t, steps = plan(noise, ts, check_choice("dpmpp_sde order", int(order), (1, 2)), lower_order_final)
+    g, steps = plan(noise, ts, step_weights, check_choice("dpmpp_sde order", int(order), (1, 2)), lower_order_final)
     history = deque(maxlen=2)  # data predictions, newest first
     for k, (keep, w, std) in enumerate(steps):
-        history.appendleft(model(x, t[k]))
+        history.appendleft(model(x, g.t[k]))
         x = combine(keep, x, w, history).add_(rng.like(x), alpha=std)  # + sigma_{k+1} sqrt(1 - e^{-2h}) xi_k
     return x

@@ -5,7 +5,8 @@ Every step of dpmpp, dpm_solver (multistep), deis, unipc and dpmpp_sde is
 
     x_{k+1} = keep_k x_k + sum_j w_kj m_{k-j}      (m: the model's predictions, newest first)
 
-with keep and w host floats computed once per run, so the loop is one ``combine`` per step.
+with keep and w host floats that each solver's file builds from its paper's terms (``step_weights``)
+once per run (``plan``, ``per_grid``), so the loop is one ``combine`` per step (``run``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import functools
 from collections import deque
 
 from .expint import predict
+from .grid import grid_coeffs
+from .orders import multistep_orders
 
 
 def combine(keep: float, x, weights, preds):
@@ -64,3 +67,11 @@ def per_grid(plan):
         return cached(noise, tuple(float(t) for t in ts), *options)
 
     return call
+
+
+@per_grid
+def plan(noise, ts, step_weights, order: int, lower_order_final, *options):
+    """(grid, [step_weights(g, k, order_k, *options) for every step k -> k+1]), the orders from orders.py."""
+    g = grid_coeffs(noise, ts)
+    orders = multistep_orders(len(ts) - 1, order, lower_order_final)
+    return g, [step_weights(g, k, o, *options) for k, o in enumerate(orders)]

@@ -59,11 +59,13 @@ def plan(noise, ts, order: int, variant: str, lower_order_final):
     g = grid_coeffs(noise, ts)
     orders = list(enumerate(multistep_orders(len(ts) - 1, order, lower_order_final)))
     return (g.t, [g.sigma[k + 1] / g.sigma[k] for k, _ in orders],
-            [_coeffs(g, k, o, variant, False)[1:] for k, o in orders], [_coeffs(g, k, o, variant, True) for k, o in orders])
+            [_coeffs(g, k, o, variant, False)[1:] for k, o in orders],
+            [_coeffs(g, k, o, variant, True) for k, o in orders])
 
 
 def _describe(steps, order=3, variant="bh1", lower_order_final="always", corrector=True, **_):
-    return {**describe_multistep(steps, order, lower_order_final), "corrector_steps": max(steps - 1, 0) if corrector else 0}
+    corrector_steps = max(steps - 1, 0) if corrector else 0
+    return {**describe_multistep(steps, order, lower_order_final), "corrector_steps": corrector_steps}
 
 
 @register_solver("unipc", describe=_describe)
