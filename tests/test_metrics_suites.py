@@ -10,16 +10,17 @@ import torch
 from PIL import Image
 
 from helpers import ImageSet
-from metrics import clean_fid, fid_is
-from metrics.features import Extractor, build_extractor, check_images, register_extractor
-from metrics.subset import FeatureSubset
+from metrics import clean_fid
+from metrics import torch_fidelity as fid_is
+from metrics.features import EXTRACTORS, Extractor, build_extractor, check_images
+from metrics.streaming import FeatureSubset
 from metrics.suites import build_metrics, metrics_config
 from common.errors import NfebenchError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@register_extractor("test_flat6")
+@EXTRACTORS.register("test_flat6")
 class Flat6(Extractor):
     """Features = the 6 pixels of a (B, 3, 1, 2) image: feature sets are chosen directly."""
     name, feature_dim, input_size, num_classes, sha256 = "test_flat6", 6, None, 0, "test"
@@ -117,7 +118,7 @@ def test_fid_is_suite_agrees_with_torch_fidelity_calculate_metrics(tmp_path):
     so the streamed subsets must reproduce torch-fidelity's numbers exactly.
     """
     import torch_fidelity
-    from metrics.fidelity import register_with_torch_fidelity
+    from metrics.torch_fidelity import register_with_torch_fidelity
 
     g = torch.Generator().manual_seed(0)
     a = (torch.rand(100, 3, 8, 8, generator=g) * 255).round().to(torch.uint8)
