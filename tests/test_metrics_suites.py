@@ -165,6 +165,35 @@ def test_fid_is_shards_merge_exactly_including_kid_and_prc(tmp_path):
         assert ra[k] == pytest.approx(ro[k], rel=1e-9, abs=1e-12), k
 
 
+def test_clean_fid_kid_is_kid_mean_and_kid_std_like_the_other_suites(tmp_path):
+    """kid_mean is clean-fid's kernel_distance (seeded as the suite seeds it); kid_std is the spread of
+    the same subsets' unbiased polynomial-kernel MMDs, recomputed here from clean-fid's draws."""
+    from cleanfid.fid import kernel_distance
+
+    ref = write_pngs(tmp_path / "ref", gaussian_data(100))
+    s = build_metrics({"name": "clean_fid", "extractor": "tiny", "reference": str(ref), "cache_dir": str(tmp_path / "c"),
+                       "kid": True, "kid_subsets": 6, "kid_subset_size": 40}, None, 1, 0)
+    s.update(gaussian_data(90, seed=4) + 0.3)
+    out = s.result()
+    assert "kid" not in out and {"kid_mean", "kid_std"} <= out.keys()
+    gen, rf = s.stream.subset.feats.astype(np.float64), s.ref["subset_feats"].astype(np.float64)
+    np.random.seed(2020)
+    assert out["kid_mean"] == pytest.approx(kernel_distance(gen, rf, 6, 40), rel=1e-12) and out["kid_mean"] > 0
+
+    def kernel(a, b):  # polynomial kernel of degree 3, gamma 1/d, coef0 1
+        return (a @ b.T / a.shape[1] + 1) ** 3
+
+    def off_diagonal_mean(m):
+        return (m.sum() - np.trace(m)) / (len(m) * (len(m) - 1))
+
+    np.random.seed(2020)  # clean-fid draws the reference rows first, then the generated ones, per subset
+    mmd = []
+    for _ in range(6):
+        x, y = rf[np.random.choice(len(rf), 40, replace=False)], gen[np.random.choice(len(gen), 40, replace=False)]
+        mmd.append(off_diagonal_mean(kernel(x, x)) + off_diagonal_mean(kernel(y, y)) - 2 * kernel(x, y).mean())
+    assert out["kid_std"] == pytest.approx(np.std(mmd), rel=1e-9) and out["kid_std"] > 0
+
+
 # ---- end to end from a sampler run -----------------------------------------------------------
 
 @pytest.mark.slow
