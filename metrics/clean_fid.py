@@ -3,9 +3,10 @@
 clean-fid does the work that defines the number: its per-image resizer for the mode (PIL
 bicubic on float images for ``clean``, torch bilinear for ``legacy_pytorch``, none outside the
 network for ``legacy_tensorflow``), its Inception networks and its ``frechet_distance`` (KID:
-its ``kernel_distance``, once per subset so that the spread is known too). Samples are turned into the 8-bit RGB arrays clean-fid would read
-from PNG files; nfebench only streams the features into float64 moments (and, for KID /
-precision-recall, a bounded feature subset), so shards merge exactly.
+its ``kernel_distance``, called once per subset so that the spread is known too). Samples are
+turned into the 8-bit RGB arrays clean-fid would read from PNG files; nfebench only streams the
+features into float64 moments (and, for KID / precision-recall, a bounded feature subset), so
+shards merge exactly.
 
 Weights are never downloaded. ``clean`` / ``legacy_tensorflow`` load clean-fid's TorchScript
 ``inception-2015-12-05.pt`` and ``legacy_pytorch`` pytorch-fid's ``pt_inception-2015-12-05-

@@ -282,6 +282,13 @@ def test_missing_weights_and_datasets_fail_in_one_line_under_a_second(tmp_path):
     _one_line_fast({"name": "clean_fid", "extractor": "tiny", "mode": "bogus", "reference": "x"}, "legacy_pytorch")
 
 
+@pytest.mark.parametrize("suite,own", [("fid", None), ("fid_is", "inception-v3-compat"), ("clean_fid", "inception")])
+def test_an_unknown_extractor_lists_the_backends_and_nfebench_extractors(suite, own):
+    msg = _one_line_fast({"name": suite, "extractor": "nope", "reference": "x"}, "unknown", "'nope'; valid: ")
+    valid = msg.split("valid: ")[1].split(", ")
+    assert {"tiny", "fid_helper_inception"} <= set(valid) and (own is None or valid[0] == own), msg
+
+
 def test_missing_weights_through_launch_exit_2_and_no_record(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "launch.py"), "metrics=fid_is",
                         f"metrics.extractor_path={tmp_path / 'none.pth'}", f"hydra.run.dir={tmp_path / 'run'}"],
