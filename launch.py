@@ -7,13 +7,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from launch.cli import check_overrides, fail
-from launch.launchers import check_launcher_overrides
+from hydra_plugins.nfebench_launchers.checks import check_launcher_overrides
 from common.errors import NfebenchError
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="config")
 def main(cfg):
-    from launch.resume import SKIPPED, find_complete, identity
+    from hydra_plugins.nfebench_launchers.resume import SKIPPED, find_complete, identity
     from launch.tracking import check_mode, log_run
 
     hc = HydraConfig.get()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from metrics.sample_writer import sample_writer
+from launch.samples import sample_writer
 from metrics.suites import FID_SUITES, build_metrics, metrics_config
 from models.counter import CountedDenoiser
 from models.registry import build_model

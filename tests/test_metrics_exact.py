@@ -5,7 +5,7 @@ import torch
 from helpers import gaussian, solve
 from metrics.exact import ExactMetrics
 from metrics.frechet import frechet_distance
-from metrics.moments import RunningMoments
+from metrics.streaming import RunningMoments
 from results.published import load_published
 
 

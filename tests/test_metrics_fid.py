@@ -12,10 +12,10 @@ from PIL import Image
 
 from helpers import ImageSet
 from metrics import features
-from metrics.features import Extractor, build_extractor, file_sha256, register_extractor
-from metrics.fid import inception_score, reference_stats
-from metrics.fidcache import folder_reference
+from metrics.features import EXTRACTORS, Extractor, build_extractor, file_sha256
 from metrics.frechet import frechet_distance
+from metrics.references import folder_reference, reference_stats
+from metrics.streaming import inception_score
 from metrics.suites import build_metrics
 from common.errors import NfebenchError
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # Test extractors whose outputs are known in closed form.
-@register_extractor("test_pixels")
+@EXTRACTORS.register("test_pixels")
 class PixelFeatures(Extractor):
     """Features = the pixels of a (B, 3, 1, 2) image: FID reduces to a Fréchet distance of pixels."""
     name, feature_dim, input_size, num_classes = "test_pixels", 6, None, 0
@@ -39,7 +39,7 @@ class PixelFeatures(Extractor):
         return x.reshape(len(x), -1), None
 
 
-@register_extractor("test_const_class")
+@EXTRACTORS.register("test_const_class")
 class ConstClass(PixelFeatures):
     """Same class distribution for every image: IS must be exactly 1."""
     name, num_classes = "test_const_class", 5
@@ -48,7 +48,7 @@ class ConstClass(PixelFeatures):
         return x.reshape(len(x), -1), torch.tensor([0.3, -1.0, 2.0, 0.0, 0.7]).repeat(len(x), 1)
 
 
-@register_extractor("test_confident")
+@EXTRACTORS.register("test_confident")
 class Confident(PixelFeatures):
     """Certain of class round(pixel-0 value * 10): IS must be the number of classes hit evenly."""
     name, num_classes = "test_confident", 5
@@ -259,7 +259,7 @@ def test_real_fid_helper_inception_on_digits_samples(tmp_path):
 def test_torch_fidelity_on_the_same_features_agrees_with_the_streaming_suite(tmp_path):
     """torch-fidelity's own FID (np.cov + scipy sqrtm) and ISC (1 split) on nfebench's tiny extractor."""
     import torch_fidelity
-    from metrics.fidelity import register_with_torch_fidelity
+    from metrics.torch_fidelity import register_with_torch_fidelity
 
     g = torch.Generator().manual_seed(0)
     a = (torch.rand(120, 3, 8, 8, generator=g) * 255).round().to(torch.uint8)

@@ -10,16 +10,17 @@ import torch
 from PIL import Image
 
 from helpers import ImageSet
-from metrics import clean_fid, fid_is
-from metrics.features import Extractor, build_extractor, check_images, register_extractor
-from metrics.subset import FeatureSubset
+from metrics import clean_fid
+from metrics import torch_fidelity as fid_is
+from metrics.features import EXTRACTORS, Extractor, build_extractor, check_images
+from metrics.streaming import FeatureSubset
 from metrics.suites import build_metrics, metrics_config
 from common.errors import NfebenchError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@register_extractor("test_flat6")
+@EXTRACTORS.register("test_flat6")
 class Flat6(Extractor):
     """Features = the 6 pixels of a (B, 3, 1, 2) image: feature sets are chosen directly."""
     name, feature_dim, input_size, num_classes, sha256 = "test_flat6", 6, None, 0, "test"
@@ -117,7 +118,7 @@ def test_fid_is_suite_agrees_with_torch_fidelity_calculate_metrics(tmp_path):
     so the streamed subsets must reproduce torch-fidelity's numbers exactly.
     """
     import torch_fidelity
-    from metrics.fidelity import register_with_torch_fidelity
+    from metrics.torch_fidelity import register_with_torch_fidelity
 
     g = torch.Generator().manual_seed(0)
     a = (torch.rand(100, 3, 8, 8, generator=g) * 255).round().to(torch.uint8)
@@ -162,6 +163,35 @@ def test_fid_is_shards_merge_exactly_including_kid_and_prc(tmp_path):
     assert ra.keys() == ro.keys() >= {"fid", "inception_score", "kid_mean", "precision", "recall"}
     for k in ro:
         assert ra[k] == pytest.approx(ro[k], rel=1e-9, abs=1e-12), k
+
+
+def test_clean_fid_kid_is_kid_mean_and_kid_std_like_the_other_suites(tmp_path):
+    """kid_mean is clean-fid's kernel_distance (seeded as the suite seeds it); kid_std is the spread of
+    the same subsets' unbiased polynomial-kernel MMDs, recomputed here from clean-fid's draws."""
+    from cleanfid.fid import kernel_distance
+
+    ref = write_pngs(tmp_path / "ref", gaussian_data(100))
+    s = build_metrics({"name": "clean_fid", "extractor": "tiny", "reference": str(ref), "cache_dir": str(tmp_path / "c"),
+                       "kid": True, "kid_subsets": 6, "kid_subset_size": 40}, None, 1, 0)
+    s.update(gaussian_data(90, seed=4) + 0.3)
+    out = s.result()
+    assert "kid" not in out and {"kid_mean", "kid_std"} <= out.keys()
+    gen, rf = s.stream.subset.feats.astype(np.float64), s.ref["subset_feats"].astype(np.float64)
+    np.random.seed(2020)
+    assert out["kid_mean"] == pytest.approx(kernel_distance(gen, rf, 6, 40), rel=1e-12) and out["kid_mean"] > 0
+
+    def kernel(a, b):  # polynomial kernel of degree 3, gamma 1/d, coef0 1
+        return (a @ b.T / a.shape[1] + 1) ** 3
+
+    def off_diagonal_mean(m):
+        return (m.sum() - np.trace(m)) / (len(m) * (len(m) - 1))
+
+    np.random.seed(2020)  # clean-fid draws the reference rows first, then the generated ones, per subset
+    mmd = []
+    for _ in range(6):
+        x, y = rf[np.random.choice(len(rf), 40, replace=False)], gen[np.random.choice(len(gen), 40, replace=False)]
+        mmd.append(off_diagonal_mean(kernel(x, x)) + off_diagonal_mean(kernel(y, y)) - 2 * kernel(x, y).mean())
+    assert out["kid_std"] == pytest.approx(np.std(mmd), rel=1e-9) and out["kid_std"] > 0
 
 
 # ---- end to end from a sampler run -----------------------------------------------------------
@@ -250,6 +280,13 @@ def test_missing_weights_and_datasets_fail_in_one_line_under_a_second(tmp_path):
                    str(nowhere / "cifar10_clean_train_32.npz"), "clean-fid/stats/cifar10_clean_train_32.npz")
     _one_line_fast({"name": "fid_is", "extractor": "tiny", "reference": str(tmp_path / "missing.npz")}, "not found")
     _one_line_fast({"name": "clean_fid", "extractor": "tiny", "mode": "bogus", "reference": "x"}, "legacy_pytorch")
+
+
+@pytest.mark.parametrize("suite,own", [("fid", None), ("fid_is", "inception-v3-compat"), ("clean_fid", "inception")])
+def test_an_unknown_extractor_lists_the_backends_and_nfebench_extractors(suite, own):
+    msg = _one_line_fast({"name": suite, "extractor": "nope", "reference": "x"}, "unknown", "'nope'; valid: ")
+    valid = msg.split("valid: ")[1].split(", ")
+    assert {"tiny", "fid_helper_inception"} <= set(valid) and (own is None or valid[0] == own), msg
 
 
 def test_missing_weights_through_launch_exit_2_and_no_record(tmp_path):

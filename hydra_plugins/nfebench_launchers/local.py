@@ -30,7 +30,7 @@ from omegaconf import DictConfig, open_dict
 
 from common.errors import NfebenchError
 
-from .pending import run_hash, split_complete
+from .resume import complete_hashes, run_hash, split_complete
 from .summary import exit_if_failed, print_summary
 from .worker import PARENT_ENV
 from common.paths import REPO
@@ -207,8 +207,6 @@ class NfebenchLocalLauncher(Launcher):
             job.payload.unlink(missing_ok=True)
             return ret
         ret = JobReturn(overrides=job.overrides, cfg=job.config, hydra_cfg=job.config, status=JobStatus.FAILED)
-        from launch.resume import complete_hashes
-
         # killed after its record was written: the record is what counts, the run is done
         if complete_hashes(Path(str(self.config.hydra.sweep.dir))).get(job.hash):
             ret.status, ret.return_value = JobStatus.COMPLETED, "done"

@@ -20,7 +20,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
-from .pending import split_complete
+from .resume import split_complete
 from .summary import exit_if_failed, print_summary
 
 log = logging.getLogger(__name__)

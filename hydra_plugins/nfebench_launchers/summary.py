@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 
-SKIPPED = "skipped"  # what launch.py's task function returns when a complete record exists
+from .resume import SKIPPED
 
 
 def outcome(ret: JobReturn) -> str:

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.files import atomic_write_bytes
 from common.errors import NfebenchError
-
-from .features import to_uint8
+from common.files import atomic_write_bytes, npz_bytes
+from common.registry import check_choice
+from metrics.features import to_uint8
 
 
 def _png_bytes(img: np.ndarray) -> bytes:
@@ -38,9 +38,8 @@ def write_png(folder: Path, x: torch.Tensor, indices) -> None:
 
 def write_npz(folder: Path, x: torch.Tensor, indices) -> None:
     idx = np.asarray(list(indices), np.int64)
-    buf = io.BytesIO()
-    np.savez(buf, images=to_uint8(x).cpu().numpy(), indices=idx)
-    atomic_write_bytes(folder / f"{idx[0]:06d}-{idx[-1]:06d}.npz", buf.getvalue())
+    atomic_write_bytes(folder / f"{idx[0]:06d}-{idx[-1]:06d}.npz", npz_bytes({"images": to_uint8(x).cpu().numpy(),
+                                                                               "indices": idx}))
 
 
 WRITERS = {"png": write_png, "npz": write_npz}
@@ -72,10 +71,7 @@ class SampleWriter:
 
 
 def sample_writer(setting, out_dir):
-    """A SampleWriter, or None when samples are not saved. Raises on a bad setting."""
+    """A SampleWriter, or None when samples are not saved (false). Raises on a bad setting."""
     if setting in (None, False):
         return None
-    fmt = "png" if setting is True else setting
-    if fmt not in WRITERS:
-        raise NfebenchError(f"save_samples must be false, true, png or npz; got {setting!r}")
-    return SampleWriter(fmt, out_dir)
+    return SampleWriter(check_choice("save_samples", "png" if setting is True else setting, WRITERS), out_dir)

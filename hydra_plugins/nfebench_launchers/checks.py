@@ -1,4 +1,5 @@
-"""Launcher checks that must fail before anything is submitted (one line each)."""
+"""Launcher checks that must fail before anything is submitted (one line each); launch.py runs them
+on the command line before Hydra starts."""
 from __future__ import annotations
 
 import shutil
@@ -9,10 +10,7 @@ from pathlib import Path
 import yaml
 
 from common.errors import NfebenchError
-
-from .cli import overrides_only
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from launch.cli import CONFIGS, overrides_only
 
 
 def _overrides(argv: list[str]) -> dict[str, str]:
@@ -78,7 +76,7 @@ def check_local_options(argv: list[str]) -> None:
 
 
 def check_launcher_overrides(argv: list[str]) -> None:
-    from .tracking import check_mode
+    from launch.tracking import check_mode
 
     check_mode({"mode": _overrides(argv).get("wandb.mode", "disabled")})
     check_sweep_dir(argv)

@@ -1,4 +1,4 @@
-"""metrics=fid_is: FID and Inception Score through torch-fidelity (KID, precision/recall optional).
+"""metrics=fid_is: the torch-fidelity backend, FID and Inception Score (KID, precision/recall optional).
 
 torch-fidelity does the work that defines the numbers: its feature extractor (uint8 input,
 its TF1-compatible resize to 299, its Inception weights), its FID formula
@@ -9,7 +9,9 @@ samples never sit in memory and shards merge exactly. IS is a single split (torc
 
 Weights are never downloaded: ``metrics.extractor_path`` or torch's hub cache must hold
 torch-fidelity's file. ``metrics.extractor`` may also name an nfebench extractor (``tiny``,
-``fid_helper_inception``), which is registered with torch-fidelity and run through it.
+``fid_helper_inception``), which is registered with torch-fidelity (``register_with_torch_fidelity``)
+and run through it; the same bridge lets tests run torch-fidelity's own ``calculate_metrics`` on
+the very features the suite sees.
 Registered dataset names (``cifar10-train`` ...) are torch-fidelity's; their images are read
 with download=False from ``metrics.dataset_root``, once, and only their statistics are cached.
 """
@@ -20,10 +22,11 @@ from pathlib import Path
 import torch
 
 from common.errors import NfebenchError
+from common.registry import check_choice
 
 from .features import EXTRACTORS, Extractor, build_extractor, file_sha256, to_uint8
-from .fid import FIDMetrics, _version
-from .fidcache import cache_dir, cached_stats
+from .fid import FIDSuite, package_version
+from .references import cache_dir, cached_stats
 
 # torch-fidelity's Inception file (basename of its URL_INCEPTION_V3; a test checks they agree).
 TF_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -41,6 +44,49 @@ TF_DATASETS = {
     "stl10-test": ("stl10_binary", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"),
     "stl10-unlabeled": ("stl10_binary", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"),
 }
+
+
+def register_with_torch_fidelity(name: str, path: str | None = None) -> str:
+    """Register nfebench extractor ``name`` with torch-fidelity as ``nfebench-<name>`` (returned).
+
+    torch-fidelity feeds uint8 (B, C, H, W) images; they are mapped to [-1, 1] exactly as a
+    PNG-saved sample would be.
+    """
+    import torch_fidelity
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+    ours = build_extractor(name, path)
+    provided = ("pool", "logits") if ours.num_classes else ("pool",)
+
+    class Bridge(FeatureExtractorBase):
+        def __init__(self, fe_name, features_list, **kwargs):
+            super().__init__(fe_name, features_list)
+
+        @staticmethod
+        def get_provided_features_list():
+            return provided
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"fid": "pool", "kid": "pool", "prc": "pool", "isc": "logits"}[metric]
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            raise NotImplementedError
+
+        def forward(self, x):
+            pool, logits = ours(x.double() / 127.5 - 1)
+            out = {"pool": pool.double(), "logits": logits.double() if logits is not None else None}
+            return tuple(out[k] for k in self.features_list)
+
+    fe_name = f"nfebench-{name}"
+    if fe_name not in torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY:
+        torch_fidelity.register_feature_extractor(fe_name, Bridge)
+    return fe_name
 
 
 class TorchFidelityExtractor(Extractor):
@@ -67,7 +113,6 @@ class TorchFidelityExtractor(Extractor):
             import torch_fidelity
 
             if self.bridge:
-                from .fidelity import register_with_torch_fidelity
                 register_with_torch_fidelity(*self.bridge)
             cls = torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY[self.fe_name]
             self.net = cls(self.fe_name, list(self.features), **self.make_kwargs).eval()
@@ -107,12 +152,8 @@ FIDELITY_EXTRACTORS = {"inception-v3-compat": _standard_inception}
 
 
 def build_fidelity_extractor(name, path):
-    if name in FIDELITY_EXTRACTORS:
-        return FIDELITY_EXTRACTORS[name](path)
-    if name in EXTRACTORS:
-        return _bridged(name, path)
-    raise NfebenchError(f"unknown extractor '{name}' for metrics=fid_is; valid: "
-                        f"{', '.join(sorted(FIDELITY_EXTRACTORS) + sorted(EXTRACTORS))}")
+    check_choice("metrics=fid_is extractor", name, [*sorted(FIDELITY_EXTRACTORS), *EXTRACTORS])
+    return FIDELITY_EXTRACTORS[name](path) if name in FIDELITY_EXTRACTORS else _bridged(name, path)
 
 
 def dataset_images(name: str, root: Path):
@@ -131,7 +172,7 @@ def dataset_images(name: str, root: Path):
     return ((i, ds[i].double() / 127.5 - 1) for i in range(len(ds)))
 
 
-class FidIsMetrics(FIDMetrics):
+class TorchFidelityFID(FIDSuite):
     suite_name = "fid_is"
     quantize_fixed = True   # torch-fidelity extractors take uint8 images
 
@@ -158,7 +199,7 @@ class FidIsMetrics(FIDMetrics):
         return out["frechet_inception_distance"]
 
     def implementation(self) -> dict:
-        return {"name": "torch-fidelity", "version": _version("torch-fidelity"),
+        return {"name": "torch-fidelity", "version": package_version("torch-fidelity"),
                 "details": "torch-fidelity extractor + fid_statistics_to_metric on nfebench's streamed float64 "
                            "moments; IS = torch-fidelity's formula with one split, from streamed sums",
                 **self._kid_prc_implementation(), "versions": {"torch": torch.__version__}}
