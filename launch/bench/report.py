@@ -137,6 +137,9 @@ def write(part: str, title: str, settings: dict, goals: list[Goal], body: list[s
              f"{meta['cpu']}, {meta['cpus']} CPUs, python {meta['python']}, torch {meta['torch']}"
              + (f", diffusers {meta['diffusers']}" if "diffusers" in meta else "") + f", {meta['date']}, "
              f"1-min load average {meta['load_average_1min']}.", "", f"{meta['allocator']}.", "",
+             *([f"The machine was busy (load {meta['load_average_1min']} on {meta['cpus']} CPUs): wall-clock "
+                "numbers are inflated; thread-CPU-time numbers much less so.", ""]
+               if meta["load_average_1min"] > (meta["cpus"] or 1) else []),
              "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".", "", "## Goals", "",
              *goal_table(goals), "", *body]
     out.mkdir(parents=True, exist_ok=True)
