@@ -11,7 +11,7 @@ from common.errors import NfebenchError
 from common.registry import check_choice
 
 from . import PARTS, __doc__ as DOC
-from .report import PINNED_ENV, allocator_pinned
+from .report import PINNED_ENV, allocator_note, allocator_pinned
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,6 +51,7 @@ def main(argv=None) -> int:
         write_reference(noise_schedule())
         print(f"wrote {REFERENCE}")
         return 0
+    print(f"bench: {allocator_note()}", flush=True)
     failed, t_all = [], time.perf_counter()
     for part in args.parts:
         t0 = time.perf_counter()
