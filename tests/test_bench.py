@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from common.paths import REPO
 from launch.bench.loop import loop_share
 from launch.bench.report import Goal, goal_table, interleaved, median_ratio, round_ratios
 from launch.bench.solvers import (DIFFUSERS, NFE, REFERENCE, Case, NearFree, compare_outputs, compose,
-                                  current_outputs, diffusers_nfe, floor, floor_coefficients, load_reference,
+                                  current_outputs, diffusers_nfe, floor, floor_coefficients, is_stochastic, load_reference,
                                   make_scheduler, noise_schedule, run_solver, solver_names)
 
 
@@ -96,6 +97,19 @@ def test_floor_is_dpm_solver_pp_2m():
     assert (floor(x.clone(), coeffs) - run_solver(other, NearFree(noise, (2, 4, 4)), x.clone(), None)[0]).abs().max() > 1e-3
 
 
+def test_stochastic_means_the_config_draws_noise_with_its_options():
+    # which floor a solver is held to: the plain one, or the one with a batched randn per step
+    noise = noise_schedule()
+    model = NearFree(noise, (2, 4, 4))
+
+    def drawn(*overrides):
+        return is_stochastic(Case.plan("x", compose(["model=digits_unet", *overrides]), noise, NFE), model)
+
+    assert [drawn("solver=ddim"), drawn("solver=ddim", "solver.eta=1.0"), drawn("solver=dpmpp_sde"),
+            drawn("solver=euler"), drawn("solver=euler", "solver.S_churn=10", "solver.S_tmax=10")] == \
+        [False, True, True, False, True]
+
+
 def test_diffusers_matches_are_solver_configs_at_the_bench_budget():
     assert set(DIFFUSERS) <= set(solver_names())
     for name, match in DIFFUSERS.items():
@@ -111,7 +125,7 @@ def test_loop_share_reads_the_new_timing_keys():
 
 
 def test_bad_part_is_one_error_line():
-    r = subprocess.run([sys.executable, "-m", "launch.bench", "solver"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "launch.bench", "solver"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "nfebench: error: unknown bench part 'solver'; valid: solvers, noise, loop, metrics, sweep"]

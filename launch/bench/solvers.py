@@ -106,15 +106,6 @@ def run_solver(case: Case, model, x_start, rng):
     return x, counter
 
 
-class CountingNoise(SampleNoise):
-    """SampleNoise that counts its draws: tells whether a config is stochastic (untimed probe only)."""
-    draws = 0
-
-    def draw(self):
-        self.draws += 1
-        return super().draw()
-
-
 def noise_schedule():
     # digits_unet's: DDPM's linear betas over 1000 steps, the schedule diffusers' schedulers default to
     return make_noise_schedule(**dict(compose(["model=digits_unet"])["model"]["noise_schedule"]))
@@ -245,10 +236,12 @@ def prep_set_timesteps(sched, match: DiffusersMatch):
 
 
 def is_stochastic(case: Case, model) -> bool:
-    """Whether this config draws per-step noise (an untimed probe; ddim/euler/heun do only when asked)."""
-    rng = CountingNoise(0, range(2), model.shape, dtype=torch.float32)
-    run_solver(case, model, torch.randn(2, *model.shape), rng)
-    return rng.draws > 0
+    """Whether this config draws per-step noise (ddim/euler/heun do only when asked): an untimed probe,
+    the same inputs with two different noise streams."""
+    x = torch.randn(2, *model.shape, generator=torch.Generator().manual_seed(0))
+    a, b = (run_solver(case, model, x.clone(), SampleNoise(seed, range(2), model.shape, dtype=x.dtype))[0]
+            for seed in (0, 1))
+    return not torch.equal(a, b)
 
 
 def measure_shape(shape, rounds: int, names: list[str], noise) -> dict:
