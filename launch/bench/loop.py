@@ -58,5 +58,5 @@ def run(quick: bool = False, out=None) -> list[Goal]:
     settings = {"run": " ".join(RUN), "torch threads": 1, "repeats": len(records), "quick": quick}
     path = write("loop", "Non-model share of the sampling loop", settings, [goal], lines,
                  {"timings": timings, "shares": shares}, out)
-    print(f"loop: share {goal.status}: {goal.value}%; wrote {path}", flush=True)
+    print(f"loop: {goal.status}: " + ("-" if goal.value is None else f"{goal.value:.2f}%") + f"; wrote {path}", flush=True)
     return [goal]

@@ -3,7 +3,7 @@
 Each case runs in a fresh process (so peak RSS is its own): synthetic 3x32x32 image batches in
 [-1, 1] are generated one batch at a time and fed to a metric suite, exactly as the sampler's
 on_batch would, then the metrics are computed. Measured: images/s of feature extraction (the
-suite's own timer) and peak RSS (ru_maxrss).
+suite's own timer) and peak RSS (VmHWM).
 
 Cases (chosen to fit ~10 minutes on a 2-core CPU):
 - ``tiny`` extractor, metrics=fid_is with KID and precision/recall on (feature_subset=1000), at
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,12 @@ CASES = [  # (label, suite config, samples, batch)
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak RSS of this process's own memory (VmHWM). Not ru_maxrss: Linux carries that over exec from
+    the parent's address space, so a case started by a large bench process would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def _reference(extractor, path: Path) -> str:
@@ -105,7 +109,7 @@ def rss_ratio(rows: list) -> float | None:
 def body(rows: list) -> list[str]:
     lines = ["## Cases", "",
              "Synthetic 3x32x32 batches streamed into the suite one batch at a time; each case in its own process",
-             "(all threads). Peak RSS is ru_maxrss: before streaming (net loaded), after streaming, and after result().",
+             "(all threads). Peak RSS is VmHWM: before streaming (net loaded), after streaming, and after result().",
              "Throughput is wall-clock on a possibly shared machine; treat differences under ~30% as noise.",
              "", "| case | samples | feature extraction images/s | peak RSS MB: before / streamed / with result | "
              "result s |", "|---|---|---|---|---|"]
@@ -129,7 +133,9 @@ def run(quick: bool = False, out=None) -> list[Goal]:
     rows = []
     for label, *_ in CASES[:1] if quick else CASES:
         r = subprocess.run([sys.executable, "-m", "launch.bench.metrics", "--case", label], cwd=REPO,
-                           capture_output=True, text=True, check=True)
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"bench metrics: case '{label}' failed:\n{r.stderr[-3000:]}")
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(f"metrics {label}: {rows[-1]['images_per_s']} images/s, peak RSS {rows[-1]['peak_rss_mb']} MB", flush=True)
     goals = [Goal(f"metrics memory flat: peak RSS at 10k <= {RSS_GOAL}x at 1k samples", rss_ratio(rows), RSS_GOAL,
