@@ -12,9 +12,10 @@ import torch
 from common.paths import REPO
 from launch.bench.loop import loop_share
 from launch.bench.report import Goal, goal_table, interleaved, median_ratio, round_ratios
-from launch.bench.solvers import (DIFFUSERS, NFE, REFERENCE, Case, NearFree, compare_outputs, compose,
-                                  current_outputs, diffusers_nfe, floor, floor_coefficients, is_stochastic, load_reference,
-                                  make_scheduler, noise_schedule, run_solver, solver_names)
+from launch.bench.diffusers_loops import DIFFUSERS, diffusers_nfe, make_scheduler
+from launch.bench.outputs import REFERENCE, compare_outputs, current_outputs, load_reference
+from launch.bench.planning import NFE, Case, NearFree, compose, is_stochastic, noise_schedule, run_solver, solver_names
+from launch.bench.solvers import floor, floor_coefficients
 
 
 def test_ratios_are_per_round_then_median_and_scale_by_nfe():

@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "disabled")
     if args.write_reference:
-        from .solvers import REFERENCE, noise_schedule, write_reference
+        from .outputs import REFERENCE, write_reference
+        from .planning import noise_schedule
 
         write_reference(noise_schedule())
         print(f"wrote {REFERENCE}")

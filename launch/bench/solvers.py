@@ -1,114 +1,34 @@
 """Solver overhead per NFE against the in-place floor and against diffusers' scheduler.step loop.
 
 The model is near-free (x0 prediction = x * 0.5), so what is timed is nfebench's own cost: the solver
-loop, the NFE counter and the Denoiser adapter, called the way a run calls them (run_solver below
+loop, the NFE counter and the Denoiser adapter, called the way a run calls them (planning.run_solver
 mirrors launch/run.py's batch loop). The floor is a hand-written in-place DPM-Solver++(2M) loop with
 precomputed coefficients calling x * 0.5 directly; a solver that draws noise with its default options
 is compared with the floor plus one batched randn per step. Every contender gets fresh inputs outside
 the timed region; thread CPU time, one torch thread, contenders interleaved, medians of per-round ratios.
 
-The same code checks that the solvers' samples have not changed: results/bench/solver_outputs.npz holds
-every solver's output on small fixed inputs, made from main's code (--write-reference), and each bench
-run reports the max abs difference against it.
+The part also reports outputs.py's check that the solvers' samples have not changed.
 """
 from __future__ import annotations
 
-import io
 import math
 import time
-from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 
-from common.files import atomic_write_bytes, npz_bytes
-from common.paths import REPO
-from models.counter import CountedDenoiser
-from models.denoiser import Denoiser
-from sampling.registry import get_solver
-from sampling.schedules import make_noise_schedule
 from sampling.seeds import SampleNoise
-from sampling.timesteps import final_step, make_grid
 
+from .diffusers_loops import DIFFUSERS, DiffusersMatch, diffusers_loop, diffusers_nfe, make_scheduler
+from .outputs import CHECK_BATCH, CHECK_NFE, CHECK_SHAPE, CHECK_VARIANTS, REFERENCE, TOLERANCE, compare_outputs, \
+    current_outputs, load_reference
+from .planning import NFE, Case, NearFree, compose, is_stochastic, noise_schedule, run_solver, solver_names
 from .report import Goal, interleaved, median_ratio
 
-NFE = 10
 SHAPES = {"64x3x32x32": (64, 3, 32, 32), "16x3x256x256": (16, 3, 256, 256)}
 ROUNDS = {"64x3x32x32": 25, "16x3x256x256": 8}
 QUICK_ROUNDS = {"64x3x32x32": 4, "16x3x256x256": 2}
-REFERENCE = REPO / "results" / "bench" / "solver_outputs.npz"
 FLOOR_GOAL, DIFFUSERS_GOAL = 1.5, 0.5
-# The fast-path check: float32 outputs are O(1), so a reordering of the same arithmetic moves them by ~1e-6.
-TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
-
-
-def solver_names() -> list[str]:
-    return sorted(p.stem for p in (REPO / "configs" / "solver").glob("*.yaml"))
-
-
-def compose(overrides: list[str]) -> dict:
-    """The resolved run config, as `python launch.py <overrides>` would see it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(REPO / "configs"), version_base=None):
-        return OmegaConf.to_container(hydra_compose("config", overrides=overrides), resolve=True)
-
-
-class NearFree(Denoiser):
-    """A model that costs one elementwise op: nfebench's wrapping of it is all that is left to time."""
-
-    def __init__(self, noise, shape, prediction="x0", fn=None):
-        self.noise, self.shape, self.prediction = noise, tuple(shape), prediction
-        self.fn = fn or (lambda x, t: x * 0.5)
-
-    def predict(self, x, t, cond=None):
-        return self.fn(x, t)
-
-
-def _wiggly(x, t):
-    # For the output check: nonlinear and time-dependent, so a changed weight or history order shows.
-    return torch.tanh(x) * (0.6 + 0.3 * math.cos(3.0 * t))
-
-
-@dataclass
-class Case:
-    """One solver config planned for one model: what run_solver needs."""
-    label: str
-    spec: object
-    opts: dict
-    ts: np.ndarray
-    final: bool
-    nfe: int
-
-    @classmethod
-    def plan(cls, label: str, cfg: dict, noise, nfe: int) -> "Case":
-        opts = dict(cfg["solver"])
-        spec = get_solver(opts.pop("name"))
-        grid = dict(cfg["schedule"])
-        final = bool(cfg.get("denoise_to_zero") or final_step(grid))
-        grid_name = grid.pop("name")
-        steps = spec.steps(nfe - int(final), **opts)
-        return cls(label, spec, opts, make_grid(noise, steps, grid_name, **grid), final, nfe)
-
-
-def run_solver(case: Case, model, x_start, rng):
-    """One batch as launch/run.py samples it: the solver and its final x0 step, every call counted."""
-    counter = CountedDenoiser(model, budget=case.nfe, cond=None)
-    with torch.no_grad():
-        x = case.spec.fn(counter, x_start, case.ts, model.noise, rng, **case.opts)
-        if case.final:
-            t = float(case.ts[-1])
-            x = case.spec.final(counter, x, t, **case.opts) if case.spec.final else counter(x, t)
-    return x, counter
-
-
-def noise_schedule():
-    # digits_unet's: DDPM's linear betas over 1000 steps, the schedule diffusers' schedulers default to
-    return make_noise_schedule(**dict(compose(["model=digits_unet"])["model"]["noise_schedule"]))
 
 
 # --- the floor ---------------------------------------------------------------------------------------
@@ -145,65 +65,6 @@ def floor(x, coeffs, gen=None, noise_scale: float = 0.0):
     return x
 
 
-# --- diffusers ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DiffusersMatch:
-    """diffusers' scheduler for the same method: class, constructor arguments (besides the betas,
-    which are diffusers' defaults = the near-free model's schedule), num_inference_steps for ~NFE
-    model calls, and the prediction_type the near-free output is declared as."""
-    scheduler: str
-    kwargs: dict
-    steps: int
-    prediction: str = "sample"
-    step_kwargs: tuple = ()
-    note: str = ""
-
-
-DIFFUSERS = {
-    "ddim": DiffusersMatch("DDIMScheduler", {}, NFE, step_kwargs=(("eta", 0.0),)),
-    "ddpm": DiffusersMatch("DDPMScheduler", {"variance_type": "fixed_small"}, NFE, step_kwargs=(("generator", None),)),
-    "dpmpp": DiffusersMatch("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, NFE),
-    "dpm_solver": DiffusersMatch("DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver", "solver_order": 3,
-                                                                 "final_sigmas_type": "sigma_min"}, NFE,
-                                 note="diffusers' eps-form DPM-Solver takes no final_sigmas_type='zero'"),
-    "dpmpp_sde": DiffusersMatch("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
-                                NFE, step_kwargs=(("generator", None),)),
-    "unipc": DiffusersMatch("UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh1", "predict_x0": True},
-                            NFE),
-    "deis": DiffusersMatch("DEISMultistepScheduler", {"solver_order": 3}, NFE,
-                           note="diffusers' DEIS is the log-rho basis; nfebench's default is the paper's t basis"),
-    "euler": DiffusersMatch("EulerDiscreteScheduler", {"use_karras_sigmas": True}, NFE),
-    "heun": DiffusersMatch("HeunDiscreteScheduler", {"use_karras_sigmas": True}, NFE // 2),
-    "pndm": DiffusersMatch("PNDMScheduler", {"skip_prk_steps": True}, NFE - 1, prediction="epsilon",
-                           note="PNDMScheduler takes no x0 prediction: both sides read x * 0.5 as eps here"),
-}
-
-
-def make_scheduler(match: DiffusersMatch):
-    import warnings
-
-    import diffusers
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # algorithm_type='dpmsolver' is deprecated but runs
-        return getattr(diffusers, match.scheduler)(prediction_type=match.prediction, **match.kwargs)
-
-
-def diffusers_loop(sched, match: DiffusersMatch, x, gen):
-    """A pipeline's denoising loop after set_timesteps: scale_model_input, the model, scheduler.step."""
-    kw = {k: (gen if k == "generator" else v) for k, v in match.step_kwargs}
-    for t in sched.timesteps:
-        out = sched.scale_model_input(x, t) * 0.5
-        x = sched.step(out, t, x, return_dict=False, **kw)[0]
-    return x
-
-
-def diffusers_nfe(sched, match: DiffusersMatch) -> int:
-    sched.set_timesteps(match.steps)
-    return len(sched.timesteps)
-
-
 # --- the timed contenders ----------------------------------------------------------------------------
 
 def prep_floor(x_start, coeffs, stochastic: bool):
@@ -235,18 +96,9 @@ def prep_set_timesteps(sched, match: DiffusersMatch):
     return prepare
 
 
-def is_stochastic(case: Case, model) -> bool:
-    """Whether this config draws per-step noise (ddim/euler/heun do only when asked): an untimed probe,
-    the same inputs with two different noise streams."""
-    x = torch.randn(2, *model.shape, generator=torch.Generator().manual_seed(0))
-    a, b = (run_solver(case, model, x.clone(), SampleNoise(seed, range(2), model.shape, dtype=x.dtype))[0]
-            for seed in (0, 1))
-    return not torch.equal(a, b)
-
-
 def measure_shape(shape, rounds: int, names: list[str], noise) -> dict:
     torch.manual_seed(0)
-    batch, dims = shape[0], shape[1:]
+    dims = shape[1:]
     model, eps_model = NearFree(noise, dims), NearFree(noise, dims, prediction="eps")
     cases = {n: Case.plan(n, compose([f"solver={n}", "model=digits_unet", f"nfe={NFE}"]), noise, NFE) for n in names}
     floor_case = cases.get("dpmpp") or Case.plan("dpmpp", compose(["solver=dpmpp", "model=digits_unet"]), noise, NFE)
@@ -282,68 +134,6 @@ def measure_shape(shape, rounds: int, names: list[str], noise) -> dict:
                                                                   row["nfe"], row["diffusers_nfe"])
     floors = {k: 1e3 * float(np.median(times[k])) / len(coeffs) for k in ("floor", "floor+randn")}
     return {"rounds": rounds, "floor_ms_per_nfe": floors, "solvers": rows}
-
-
-# --- the same samples as before ----------------------------------------------------------------------
-
-CHECK_SHAPE, CHECK_BATCH, CHECK_NFE = (3, 8, 8), 4, 12
-# Beyond each config's defaults: the branches the fast paths rewrite (orders, variants, stochastic options).
-CHECK_VARIANTS = [
-    ("dpmpp", ("solver.order=3",)), ("dpmpp", ("solver.order=3", "solver.variant=exact")),
-    ("dpmpp", ("solver.method=singlestep",)), ("dpmpp", ("solver.order=1",)),
-    ("dpm_solver", ("solver.method=multistep",)), ("dpm_solver", ("solver.order=2",)),
-    ("dpm_solver", ("solver.outer_grid=fine",)),
-    ("unipc", ("solver.variant=bh2",)), ("unipc", ("solver.corrector=false",)), ("unipc", ("solver.order=2",)),
-    ("deis", ("solver.basis=logrho",)), ("deis", ("solver.order=2",)),
-    ("euler", ("solver.S_churn=10", "solver.S_tmax=10")), ("heun", ("solver.S_churn=10", "solver.S_tmax=10")), ("heun", ("solver.final_step=edm",)),
-    ("pndm", ("solver.method=s_pndm",)), ("pndm", ("solver.method=f_pndm",)),
-    ("ddim", ("solver.eta=1.0",)), ("ddpm", ("solver.variance=fixed_large",)), ("ipndm", ("solver.order=2",)),
-    ("score_sde_pc", ("solver.predictor=euler_maruyama",)), ("time_shift", ("solver.base=ipndm",)),
-    ("dpmpp_sde", ("solver.order=1",)), ("dpmpp", ("schedule=diffusers",)),
-]
-
-
-def check_variants() -> list[tuple[str, tuple]]:
-    return [(n, ()) for n in solver_names()] + CHECK_VARIANTS
-
-
-def variant_label(name: str, overrides: tuple) -> str:
-    return name + (f"[{','.join(o.replace('solver.', '') for o in overrides)}]" if overrides else "")
-
-
-def current_outputs(noise) -> dict[str, np.ndarray]:
-    """Each variant's samples from fixed per-sample noise (seed 1), float32 and float64."""
-    out = {}
-    for name, overrides in check_variants():
-        cfg = compose([f"solver={name}", "model=digits_unet", f"nfe={CHECK_NFE}", *overrides])
-        case = Case.plan(variant_label(name, overrides), cfg, noise, CHECK_NFE)
-        for dtype in (torch.float32, torch.float64):
-            model = NearFree(noise, CHECK_SHAPE, fn=_wiggly)
-            rng = SampleNoise(1, range(CHECK_BATCH), CHECK_SHAPE, dtype=dtype)
-            x, _ = run_solver(case, model, float(noise.sigma(case.ts[0])) * rng.draw(), rng)
-            out[f"{case.label}|{str(dtype).replace('torch.', '')}"] = x.numpy()
-    return out
-
-
-def compare_outputs(reference: dict, current: dict) -> list[dict]:
-    """Per reference key: max abs difference (None when the output is missing or changed shape) and
-    whether it is within the tolerance of its dtype."""
-    rows = []
-    for key in sorted(reference):
-        ref, cur = np.asarray(reference[key]), current.get(key)
-        diff = None if cur is None or np.shape(cur) != ref.shape else float(np.max(np.abs(np.asarray(cur) - ref)))
-        tol = TOLERANCE[key.rsplit("|", 1)[1]]
-        rows.append({"output": key, "max_abs_diff": diff, "tolerance": tol, "same": diff is not None and diff <= tol})
-    return rows
-
-
-def write_reference(noise, path=REFERENCE) -> None:
-    atomic_write_bytes(path, npz_bytes(current_outputs(noise)))
-
-
-def load_reference(path=REFERENCE) -> dict:
-    with np.load(io.BytesIO(path.read_bytes())) as z:
-        return {k: z[k] for k in z.files}
 
 
 # --- the part ----------------------------------------------------------------------------------------
