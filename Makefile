@@ -25,11 +25,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Metric pipeline throughput and memory (1k vs 10k samples) -> results/bench/metrics.{json,md};
-# sweep cost per run, launcher=local vs basic -> results/bench/sweep.md
+# The speed goals of issue 14 (never a timed test; ~12 min here) -> results/bench/<part>.{md,json}: solver
+# overhead vs an in-place floor and diffusers, noise, the loop's non-model share, metrics memory, sweep cost.
+# BENCH_ARGS: parts (solvers noise loop metrics sweep) and/or --quick, e.g. make bench BENCH_ARGS="solvers --quick"
 bench: $(STAMP)
-	$(PY) -m metrics.bench
-	$(PY) -m launch.bench_sweep
+	$(PY) -m launch.bench $(BENCH_ARGS)
 
 # The CPU leaderboard (+experiment=leaderboard_cpu, one thread per run) -> results/leaderboard/ (commit it).
 # leaderboard-check regenerates it in a temporary folder and fails when a committed number differs.

@@ -1,9 +1,9 @@
-"""`make bench`: feature-extraction throughput and peak memory of the streaming FID pipeline.
+"""`python -m launch.bench metrics`: feature-extraction throughput and peak memory of the streaming FID pipeline.
 
 Each case runs in a fresh process (so peak RSS is its own): synthetic 3x32x32 image batches in
 [-1, 1] are generated one batch at a time and fed to a metric suite, exactly as the sampler's
 on_batch would, then the metrics are computed. Measured: images/s of feature extraction (the
-suite's own timer) and peak RSS (ru_maxrss).
+suite's own timer) and peak RSS (VmHWM).
 
 Cases (chosen to fit ~10 minutes on a 2-core CPU):
 - ``tiny`` extractor, metrics=fid_is with KID and precision/recall on (feature_subset=1000), at
@@ -12,14 +12,12 @@ Cases (chosen to fit ~10 minutes on a 2-core CPU):
 - ``fid_helper_inception`` (the real 2048-d TorchScript Inception, 299x299 input) at 1k and 10k
   would take hours here (~0.2 s/image), so only its images/s on a small count is measured.
 
-Writes results/bench/metrics.json and results/bench/metrics.md.
+Writes results/bench/metrics.json and results/bench/metrics.md. ``--quick`` runs the tiny 1k case only.
 """
 from __future__ import annotations
 
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.files import atomic_write_bytes
 from common.paths import REPO
 
-OUT = REPO / "results" / "bench"
+from .report import Goal, write
+
+RSS_GOAL = 1.1
 CASES = [  # (label, suite config, samples, batch)
     ("tiny fid_is+kid+prc 1k", {"name": "fid_is", "extractor": "tiny", "kid": True, "prc": True,
                                 "feature_subset": 1000}, 1000, 250),
@@ -43,12 +42,17 @@ CASES = [  # (label, suite config, samples, batch)
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak RSS of this process's own memory (VmHWM). Not ru_maxrss: Linux carries that over exec from
+    the parent's address space, so a case started by a large bench process would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def _reference(extractor, path: Path) -> str:
     """An npz reference (mu, sigma, features) from 2000 synthetic images, written once per case."""
-    from .fid import reference_stats
+    from metrics.fid import reference_stats
 
     x = torch.rand(2000, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9
     ref = reference_stats(extractor, x)
@@ -58,8 +62,8 @@ def _reference(extractor, path: Path) -> str:
 
 
 def one_case(label: str) -> dict:
-    from .features import build_extractor
-    from .suites import build_metrics
+    from metrics.features import build_extractor
+    from metrics.suites import build_metrics
 
     cfg, n, bs = next((c, n, b) for lbl, c, n, b in CASES if lbl == label)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -96,21 +100,24 @@ def one_case(label: str) -> dict:
             "metrics": {k: round(v, 6) for k, v in result.items()}}
 
 
-def markdown(rows: list, meta: dict) -> str:
-    lines = ["# Metric pipeline benchmark", "",
-             f"`make bench` on {meta['machine']} ({meta['cpus']} CPUs), torch {meta['torch']}, {meta['date']}.",
-             "Synthetic 3x32x32 batches streamed into the suite one batch at a time; each case in its own process.",
-             "Peak RSS is ru_maxrss: before streaming (net loaded), after streaming, and after result().",
+def rss_ratio(rows: list) -> float | None:
+    """Peak RSS at 10k over 1k samples (tiny extractor), None unless both cases ran."""
+    tiny = {r["samples"]: r for r in rows if r["extractor"].endswith("tiny")}
+    return tiny[10000]["peak_rss_mb"] / tiny[1000]["peak_rss_mb"] if {1000, 10000} <= set(tiny) else None
+
+
+def body(rows: list) -> list[str]:
+    lines = ["## Cases", "",
+             "Synthetic 3x32x32 batches streamed into the suite one batch at a time; each case in its own process",
+             "(all threads). Peak RSS is VmHWM: before streaming (net loaded), after streaming, and after result().",
              "Throughput is wall-clock on a possibly shared machine; treat differences under ~30% as noise.",
              "", "| case | samples | feature extraction images/s | peak RSS MB: before / streamed / with result | "
              "result s |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['samples']} | {r['images_per_s']} | {r['rss_before_stream_mb']} / "
                      f"{r['peak_rss_stream_mb']} / {r['peak_rss_mb']} | {r['result_s']} |")
-    tiny = {r["samples"]: r for r in rows if r["extractor"].endswith("tiny")}
-    if {1000, 10000} <= set(tiny):
-        lines += ["", f"Peak RSS 10k / 1k (tiny, KID + precision/recall on): "
-                      f"{tiny[10000]['peak_rss_mb'] / tiny[1000]['peak_rss_mb']:.3f}",
+    if rss_ratio(rows) is not None:
+        lines += ["", f"Peak RSS 10k / 1k (tiny, KID + precision/recall on): {rss_ratio(rows):.3f}",
                   "", "Both tiny cases keep a 1000-row feature subset per side (`feature_subset=1000`), so the",
                   "end-of-run KID / precision-recall work is the same size; with the default 10000 the",
                   "subset, and the chunked distance matrices of precision/recall, grow until 10k samples and",
@@ -119,26 +126,31 @@ def markdown(rows: list, meta: dict) -> str:
               "its speed here 10k samples would take far longer than a benchmark should. Its memory per",
               "sample is the same streaming state (2048-d moments), so the tiny 1k-vs-10k comparison is the",
               "memory check.", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def run(quick: bool = False, out=None) -> list[Goal]:
+    rows = []
+    for label, *_ in CASES[:1] if quick else CASES:
+        r = subprocess.run([sys.executable, "-m", "launch.bench.metrics", "--case", label], cwd=REPO,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"bench metrics: case '{label}' failed:\n{r.stderr[-3000:]}")
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(f"metrics {label}: {rows[-1]['images_per_s']} images/s, peak RSS {rows[-1]['peak_rss_mb']} MB", flush=True)
+    goals = [Goal(f"metrics memory flat: peak RSS at 10k <= {RSS_GOAL}x at 1k samples", rss_ratio(rows), RSS_GOAL,
+                  why_not_measured="quick mode runs 1k only")]
+    settings = {"cases": [c[0] for c in (CASES[:1] if quick else CASES)], "threads": "all", "quick": quick}
+    path = write("metrics", "Metric pipeline benchmark", settings, goals, body(rows), {"cases": rows}, out)
+    print(f"wrote {path}", flush=True)
+    return goals
 
 
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--case":
         print(json.dumps(one_case(sys.argv[2])))
         return
-    rows = []
-    for label, *_ in CASES:
-        r = subprocess.run([sys.executable, "-m", "metrics.bench", "--case", label], cwd=REPO, capture_output=True,
-                           text=True, check=True)
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-        print(f"{label}: {rows[-1]['images_per_s']} images/s, peak RSS {rows[-1]['peak_rss_mb']} MB", flush=True)
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d")}
-    OUT.mkdir(parents=True, exist_ok=True)
-    for name, text in (("metrics.json", json.dumps({"meta": meta, "cases": rows}, indent=2) + "\n"),
-                       ("metrics.md", markdown(rows, meta))):
-        atomic_write_bytes(OUT / name, text.encode())
-    print(f"wrote {OUT / 'metrics.json'} and {OUT / 'metrics.md'}")
+    run(quick="--quick" in sys.argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,233 @@
+"""Solver overhead per NFE against the in-place floor and against diffusers' scheduler.step loop.
+
+The model is near-free (x0 prediction = x * 0.5), so what is timed is nfebench's own cost: the solver
+loop, the NFE counter and the Denoiser adapter, called the way a run calls them (planning.run_solver
+mirrors launch/run.py's batch loop). The floor is a hand-written in-place DPM-Solver++(2M) loop with
+precomputed coefficients calling x * 0.5 directly; a solver that draws noise with its default options
+is compared with the floor plus one batched randn per step. Every contender gets fresh inputs outside
+the timed region; thread CPU time, one torch thread, contenders interleaved, medians of per-round ratios.
+
+The part also reports outputs.py's check that the solvers' samples have not changed.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from sampling.seeds import SampleNoise
+
+from .diffusers_loops import DIFFUSERS, DiffusersMatch, diffusers_loop, diffusers_nfe, make_scheduler
+from .outputs import CHECK_BATCH, CHECK_NFE, CHECK_SHAPE, CHECK_VARIANTS, REFERENCE, TOLERANCE, compare_outputs, \
+    current_outputs, load_reference
+from .planning import NFE, Case, NearFree, compose, is_stochastic, noise_schedule, run_solver, solver_names
+from .report import Goal, interleaved, median_ratio
+
+SHAPES = {"64x3x32x32": (64, 3, 32, 32), "16x3x256x256": (16, 3, 256, 256)}
+ROUNDS = {"64x3x32x32": 25, "16x3x256x256": 8}
+QUICK_ROUNDS = {"64x3x32x32": 4, "16x3x256x256": 2}
+FLOOR_GOAL, DIFFUSERS_GOAL = 1.5, 0.5
+
+
+# --- the floor ---------------------------------------------------------------------------------------
+
+def floor_coefficients(noise, ts) -> list[tuple[float, float, float]]:
+    """DPM-Solver++(2M), data prediction, per step k-1 -> k (Lu et al. 2022b, Alg. 2):
+    x_k = (sigma_k/sigma_{k-1}) x_{k-1} + alpha_k (1 - e^{-h_k}) D_k with h_k = lam_k - lam_{k-1},
+    D_k = (1 + 1/(2 r_k)) m_{k-1} - 1/(2 r_k) m_{k-2}, r_k = h_{k-1}/h_k, and D_1 = m_0.
+    Returns (a, b, c) with x_k = a x_{k-1} + b m_{k-1} + c m_{k-2}."""
+    alpha, sigma, lam = (np.asarray(f(ts), dtype=np.float64) for f in (noise.alpha, noise.sigma, noise.lam))
+    out = []
+    for k in range(1, len(ts)):
+        h = lam[k] - lam[k - 1]
+        a, e = sigma[k] / sigma[k - 1], alpha[k] * -math.expm1(-h)
+        if k == 1:
+            out.append((float(a), float(e), 0.0))
+        else:
+            r = (lam[k - 1] - lam[k - 2]) / h
+            out.append((float(a), float(e * (1 + 0.5 / r)), float(-e * 0.5 / r)))
+    return out
+
+
+def floor(x, coeffs, gen=None, noise_scale: float = 0.0):
+    """The hand-written loop: one model output per step, everything else in place in x."""
+    prev = None
+    for a, b, c in coeffs:
+        m = x * 0.5
+        x.mul_(a).add_(m, alpha=b)
+        if c:
+            x.add_(prev, alpha=c)
+        if gen is not None:  # the stochastic floor: one batched randn per step
+            x.add_(torch.randn(x.shape, generator=gen, dtype=x.dtype), alpha=noise_scale)
+        prev = m
+    return x
+
+
+# --- the timed contenders ----------------------------------------------------------------------------
+
+def prep_floor(x_start, coeffs, stochastic: bool):
+    def prepare():
+        x, gen = x_start.clone(), (torch.Generator().manual_seed(0) if stochastic else None)
+        return lambda: floor(x, coeffs, gen, 0.1)
+    return prepare
+
+
+def prep_nfebench(case: Case, model, x_start):
+    def prepare():
+        x = x_start.clone()
+        rng = SampleNoise(0, range(len(x)), model.shape, dtype=x.dtype)  # per-batch set-up: the noise part
+        return lambda: run_solver(case, model, x, rng)
+    return prepare
+
+
+def prep_diffusers(sched, match: DiffusersMatch, x_start):
+    def prepare():
+        x, gen = x_start.clone(), torch.Generator().manual_seed(0)
+        sched.set_timesteps(match.steps)  # resets the scheduler's state; timed on its own below
+        return lambda: diffusers_loop(sched, match, x, gen)
+    return prepare
+
+
+def prep_set_timesteps(sched, match: DiffusersMatch):
+    def prepare():
+        return lambda: sched.set_timesteps(match.steps)
+    return prepare
+
+
+def measure_shape(shape, rounds: int, names: list[str], noise) -> dict:
+    torch.manual_seed(0)
+    dims = shape[1:]
+    model, eps_model = NearFree(noise, dims), NearFree(noise, dims, prediction="eps")
+    cases = {n: Case.plan(n, compose([f"solver={n}", "model=digits_unet", f"nfe={NFE}"]), noise, NFE) for n in names}
+    floor_case = cases.get("dpmpp") or Case.plan("dpmpp", compose(["solver=dpmpp", "model=digits_unet"]), noise, NFE)
+    coeffs = floor_coefficients(noise, floor_case.ts)
+    x_start = float(noise.sigma(floor_case.ts[0])) * torch.randn(shape)
+    contenders = {"floor": prep_floor(x_start, coeffs, False), "floor+randn": prep_floor(x_start, coeffs, True)}
+    rows = {}
+    for n, case in cases.items():
+        nfe = run_solver(case, model, x_start[:2].clone(), SampleNoise(0, range(2), dims, dtype=torch.float32))[1].count
+        rows[n] = {"nfe": nfe, "stochastic": is_stochastic(case, model), "options": case.opts}
+        contenders[f"nfebench {n}"] = prep_nfebench(case, model, x_start)
+        if n in DIFFUSERS:
+            match = DIFFUSERS[n]
+            sched = make_scheduler(match)
+            rows[n]["diffusers_nfe"] = diffusers_nfe(sched, match)
+            contenders[f"diffusers {n}"] = prep_diffusers(sched, match, x_start)
+            contenders[f"diffusers {n} set_timesteps"] = prep_set_timesteps(sched, match)
+            if match.prediction == "epsilon":
+                contenders[f"nfebench {n} (eps model)"] = prep_nfebench(case, eps_model, x_start)
+    times = interleaved(contenders, rounds)
+    for n, row in rows.items():
+        ref = "floor+randn" if row["stochastic"] else "floor"
+        row["floor"] = ref
+        row["ms_per_nfe"] = 1e3 * float(np.median(times[f"nfebench {n}"])) / row["nfe"]
+        row["vs_floor"] = median_ratio(times[f"nfebench {n}"], times[ref], row["nfe"], len(coeffs))
+        if n in DIFFUSERS:
+            mine = f"nfebench {n} (eps model)" if f"nfebench {n} (eps model)" in times else f"nfebench {n}"
+            row["diffusers_ms_per_nfe"] = 1e3 * float(np.median(times[f"diffusers {n}"])) / row["diffusers_nfe"]
+            loop, setup = times[f"diffusers {n}"], times[f"diffusers {n} set_timesteps"]
+            row["diffusers_set_timesteps_ms"] = 1e3 * float(np.median(setup))
+            row["vs_diffusers"] = median_ratio(times[mine], loop, row["nfe"], row["diffusers_nfe"])
+            row["vs_diffusers_with_set_timesteps"] = median_ratio(times[mine], [a + b for a, b in zip(loop, setup)],
+                                                                  row["nfe"], row["diffusers_nfe"])
+    floors = {k: 1e3 * float(np.median(times[k])) / len(coeffs) for k in ("floor", "floor+randn")}
+    return {"rounds": rounds, "floor_ms_per_nfe": floors, "solvers": rows}
+
+
+# --- the part ----------------------------------------------------------------------------------------
+
+def _fmt(v, spec=".2f", suffix="x"):
+    return "–" if v is None else f"{v:{spec}}{suffix}"
+
+
+def goals(shapes: dict, check: list[dict]) -> list[Goal]:
+    out = []
+    for label, res in shapes.items():
+        rows = res["solvers"].values()
+        out.append(Goal(f"every solver <= {FLOOR_GOAL}x the floor per NFE at {label} (worst)",
+                        max(r["vs_floor"] for r in rows), FLOOR_GOAL))
+        shared = [r["vs_diffusers"] for r in rows if "vs_diffusers" in r]
+        out.append(Goal(f"every shared solver <= {DIFFUSERS_GOAL}x diffusers' scheduler.step loop per NFE at {label} (worst)",
+                        max(shared) if shared else None, DIFFUSERS_GOAL, why_not_measured="diffusers missing"))
+    worst = max((r["max_abs_diff"] / r["tolerance"] if r["max_abs_diff"] is not None else math.inf) for r in check) \
+        if check else None
+    out.append(Goal("fast paths give the same samples: worst max|diff| / tolerance over solver outputs",
+                    worst, 1.0, unit="", why_not_measured="no reference npz"))
+    return out
+
+
+def body(shapes: dict, check: list[dict]) -> list[str]:
+    lines = ["## Per solver", "",
+             f"Near-free model (x0 prediction = x * 0.5) behind nfebench's Denoiser adapter and NFE counter, "
+             f"nfe={NFE}, each config with its defaults (configs/solver/*.yaml, its default grid). `/ floor`: "
+             "time per NFE over the floor's time per NFE (floor+randn for configs that draw noise by default). "
+             "`/ diffusers`: time per NFE over diffusers' step loop's (scale_model_input + model + scheduler.step "
+             "per step) for the same method on the same tensors; `/ with set_timesteps` adds the scheduler's "
+             "set_timesteps, which a diffusers pipeline pays per call (per batch), as nfebench's solvers pay their "
+             "coefficients inside the timed call. Medians of per-round ratios.", ""]
+    for label, res in shapes.items():
+        fl = res["floor_ms_per_nfe"]
+        lines += [f"### {label} float32 ({res['rounds']} rounds)", "",
+                  f"Floor: {fl['floor']:.3f} ms per NFE; floor + one batched randn per step: {fl['floor+randn']:.3f} ms.",
+                  "", "| solver | NFE | stochastic | ms / NFE | / floor | diffusers ms / NFE (NFE) | "
+                  "set_timesteps ms | / diffusers | / with set_timesteps |", "|---|---|---|---|---|---|---|---|---|"]
+        for n, r in res["solvers"].items():
+            d = f"{r['diffusers_ms_per_nfe']:.3f} ({r['diffusers_nfe']})" if "vs_diffusers" in r else "–"
+            lines.append(f"| {n} | {r['nfe']} | {'yes' if r['stochastic'] else 'no'} | {r['ms_per_nfe']:.3f} | "
+                         f"{_fmt(r['vs_floor'])} | {d} | {_fmt(r.get('diffusers_set_timesteps_ms'), '.3f', '')} | "
+                         f"{_fmt(r.get('vs_diffusers'))} | {_fmt(r.get('vs_diffusers_with_set_timesteps'))} |")
+        vs = [r["vs_floor"] for r in res["solvers"].values()]
+        vd = [r["vs_diffusers"] for r in res["solvers"].values() if "vs_diffusers" in r]
+        lines += ["", f"Median over {len(vs)} solvers: {float(np.median(vs)):.2f}x the floor; over the {len(vd)} "
+                  f"shared with diffusers: {float(np.median(vd)):.2f}x its step loop.", ""]
+    lines += ["### How each diffusers scheduler was configured", "",
+              "Betas: diffusers' defaults (linear 1e-4..0.02, 1000 steps) = the near-free model's schedule "
+              "(vp_discrete, as digits_unet). The near-free output is declared with `prediction_type`; "
+              "num_inference_steps chosen so that the loop makes ~NFE model calls.", ""]
+    for n, m in DIFFUSERS.items():
+        args = ", ".join(f"{k}={v!r}" for k, v in {**m.kwargs, "prediction_type": m.prediction}.items())
+        step = ", ".join(f"{k}={'torch.Generator' if k == 'generator' else v!r}" for k, v in m.step_kwargs)
+        lines.append(f"- {n}: `{m.scheduler}({args})`, num_inference_steps={m.steps}"
+                     + (f", step({step})" if step else "") + (f"; {m.note}" if m.note else ""))
+    lines += ["", "## Same samples as before", "",
+              f"Outputs of every config and {len(CHECK_VARIANTS)} option variants on {CHECK_BATCH}x"
+              f"{'x'.join(map(str, CHECK_SHAPE))} inputs (per-sample noise, seed 1; a nonlinear near-free model), "
+              f"nfe={CHECK_NFE}, against results/bench/solver_outputs.npz made from main's code before the fast paths.",
+              ""]
+    bad = [r for r in check if not r["same"]]
+    worst = {d: max((r["max_abs_diff"] or 0.0 for r in check if r["output"].endswith(d)), default=None)
+             for d in TOLERANCE}
+    lines.append("Max abs diff over all outputs: " + ", ".join(f"{d} {_fmt(v, '.2e', '')} (tolerance {TOLERANCE[d]:g})"
+                                                               for d, v in worst.items()) + ".")
+    lines += ["", f"Changed or missing: {', '.join(r['output'] for r in bad) if bad else 'none'}.", ""]
+    return lines
+
+
+def run(quick: bool = False, out=None, names=None) -> list[Goal]:
+    from .report import write
+
+    torch.set_num_threads(1)
+    noise = noise_schedule()
+    names = names or solver_names()
+    rounds = QUICK_ROUNDS if quick else ROUNDS
+    check = compare_outputs(load_reference(), current_outputs(noise)) if REFERENCE.exists() else []
+    for r in check:
+        if not r["same"]:
+            print(f"solvers: output changed: {r['output']} max abs diff {r['max_abs_diff']}", flush=True)
+    shapes = {}
+    for label, shape in SHAPES.items():
+        t0 = time.perf_counter()
+        shapes[label] = measure_shape(shape, rounds[label], names, noise)
+        shapes[label]["wall_s"] = round(time.perf_counter() - t0, 1)
+        for n, r in shapes[label]["solvers"].items():
+            print(f"solvers {label}: {n}: {r['vs_floor']:.2f}x floor, {_fmt(r.get('vs_diffusers'))} diffusers",
+                  flush=True)
+    gs = goals(shapes, check)
+    settings = {"nfe": NFE, "dtype": "float32", "torch threads": 1, "clock": "thread CPU time",
+                "rounds": {k: rounds[k] for k in SHAPES}, "quick": quick}
+    path = write("solvers", "Solver overhead per NFE: floor and diffusers", settings, gs, body(shapes, check),
+                 {"shapes": shapes, "output_check": check}, out)
+    print(f"wrote {path}", flush=True)
+    return gs

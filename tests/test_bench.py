@@ -1,0 +1,132 @@
+"""The bench's arithmetic and checks (launch/bench/), never its timings: the speed goals are measured by
+`make bench` into results/bench/, not asserted here."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from common.paths import REPO
+from launch.bench.loop import loop_share
+from launch.bench.report import Goal, goal_table, interleaved, median_ratio, round_ratios
+from launch.bench.diffusers_loops import DIFFUSERS, diffusers_nfe, make_scheduler
+from launch.bench.outputs import REFERENCE, compare_outputs, current_outputs, load_reference
+from launch.bench.planning import NFE, Case, NearFree, compose, is_stochastic, noise_schedule, run_solver, solver_names
+from launch.bench.solvers import floor, floor_coefficients
+
+
+def test_ratios_are_per_round_then_median_and_scale_by_nfe():
+    # round 3 is slow for both sides: its ratio is unaffected; round 4's contender alone is slow
+    num, den = [2.0, 4.0, 20.0, 9.0], [1.0, 2.0, 10.0, 1.0]
+    assert round_ratios(num, den) == [2.0, 2.0, 2.0, 9.0]
+    assert median_ratio(num, den) == 2.0
+    # per NFE: the contender spent 2 NFE per call, the reference 1
+    assert median_ratio(num, den, num_scale=2.0, den_scale=1.0) == 1.0
+    assert median_ratio([3.0, 1.0, 2.0], [1.0, 1.0, 1.0]) == 2.0
+    with pytest.raises(ValueError, match="same, non-zero number of rounds"):
+        round_ratios([1.0, 2.0], [1.0])
+
+
+def test_interleaved_runs_each_contender_once_per_round_in_rotated_order():
+    calls = []
+
+    def contender(name):
+        def prepare():
+            return lambda: calls.append(name)
+        return prepare
+
+    times = interleaved({n: contender(n) for n in "abc"}, rounds=3, warmup=1)
+    assert {n: len(t) for n, t in times.items()} == {"a": 3, "b": 3, "c": 3}
+    rounds = [calls[i:i + 3] for i in range(0, len(calls), 3)]
+    assert rounds == [list("abc"), list("bca"), list("cab"), list("abc")]  # warm-up round first, not recorded
+
+
+def test_goal_table_marks_met_not_met_and_not_measured():
+    goals = [Goal("solvers <= 1.5x floor", 1.2, 1.5), Goal("share <= 5%", 7.5, 5.0, unit="%"),
+             Goal("boundary", 1.5, 1.5), Goal("rss", None, 1.1, why_not_measured="quick mode")]
+    assert [g.status for g in goals] == ["met", "NOT MET", "met", "not measured"]
+    table = goal_table(goals)
+    assert table[2] == "| solvers <= 1.5x floor | 1.2x | 1.5x | met |"
+    assert table[3] == "| share <= 5% | 7.5% | 5% | NOT MET |"
+    assert table[5] == "| rss | – (quick mode) | 1.1x | not measured |"
+
+
+def test_output_check_catches_a_changed_or_missing_output():
+    ref = {"dpmpp|float32": np.ones((2, 3), np.float32), "dpmpp|float64": np.ones((2, 3)),
+           "ddim|float32": np.zeros((2, 3), np.float32)}
+    same = {k: v.copy() for k, v in ref.items()}
+    same["dpmpp|float32"][0, 0] += 3e-7  # a reordering of float32 arithmetic: still the same samples
+    assert all(r["same"] for r in compare_outputs(ref, same))
+    changed = {k: v.copy() for k, v in ref.items()}
+    changed["dpmpp|float64"][1, 2] += 1e-8  # far below float32 noise, but float64 must agree to 1e-10
+    del changed["ddim|float32"]
+    rows = {r["output"]: r for r in compare_outputs(ref, changed)}
+    assert not rows["dpmpp|float64"]["same"] and rows["dpmpp|float64"]["max_abs_diff"] == pytest.approx(1e-8)
+    assert not rows["ddim|float32"]["same"] and rows["ddim|float32"]["max_abs_diff"] is None
+    assert rows["dpmpp|float32"]["same"]
+    reshaped = {**ref, "dpmpp|float32": np.ones((3, 2), np.float32)}
+    assert not {r["output"]: r for r in compare_outputs(ref, reshaped)}["dpmpp|float32"]["same"]
+
+
+def test_committed_solver_outputs_still_match_the_solvers():
+    """results/bench/solver_outputs.npz was written by `python -m launch.bench --write-reference` from main's
+    code at f156065 (before the in-place fast paths); every solver config and variant must still give those
+    samples. A deliberately changed sample must be caught."""
+    ref = load_reference(REFERENCE)
+    rows = compare_outputs(ref, current_outputs(noise_schedule()))
+    assert len(rows) >= 2 * len(solver_names())
+    assert [r["output"] for r in rows if not r["same"]] == []
+    key = "dpmpp|float32"
+    tampered = {**ref, key: ref[key] + 1e-3}
+    assert [r["output"] for r in compare_outputs(ref, tampered) if not r["same"]] == [key]
+
+
+def test_floor_is_dpm_solver_pp_2m():
+    # The hand-written floor computes what nfebench's dpmpp (2M, no lower-order final step) computes.
+    noise = noise_schedule()
+    case = Case.plan("dpmpp", compose(["solver=dpmpp", "model=digits_unet", "solver.lower_order_final=never"]),
+                     noise, NFE)
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ours, counter = run_solver(case, NearFree(noise, (2, 4, 4)), x.clone(), None)
+    coeffs = floor_coefficients(noise, case.ts)
+    assert counter.count == len(coeffs) == NFE
+    torch.testing.assert_close(floor(x.clone(), coeffs), ours, rtol=0, atol=1e-12)
+    other = Case.plan("dpmpp", compose(["solver=dpmpp", "model=digits_unet", "solver.order=1"]), noise, NFE)
+    assert (floor(x.clone(), coeffs) - run_solver(other, NearFree(noise, (2, 4, 4)), x.clone(), None)[0]).abs().max() > 1e-3
+
+
+def test_stochastic_means_the_config_draws_noise_with_its_options():
+    # which floor a solver is held to: the plain one, or the one with a batched randn per step
+    noise = noise_schedule()
+    model = NearFree(noise, (2, 4, 4))
+
+    def drawn(*overrides):
+        return is_stochastic(Case.plan("x", compose(["model=digits_unet", *overrides]), noise, NFE), model)
+
+    assert [drawn("solver=ddim"), drawn("solver=ddim", "solver.eta=1.0"), drawn("solver=dpmpp_sde"),
+            drawn("solver=euler"), drawn("solver=euler", "solver.S_churn=10", "solver.S_tmax=10")] == \
+        [False, True, True, False, True]
+
+
+def test_diffusers_matches_are_solver_configs_at_the_bench_budget():
+    assert set(DIFFUSERS) <= set(solver_names())
+    for name, match in DIFFUSERS.items():
+        calls = diffusers_nfe(make_scheduler(match), match)
+        assert NFE - 1 <= calls <= NFE, (name, calls)
+
+
+def test_loop_share_reads_the_new_timing_keys():
+    # A stand-in record: the runplan change adds timing.sample_s / timing.load_s beside model_s.
+    rec = {"timing": {"load_s": 3.0, "sample_s": 10.0, "model_s": 9.6, "total_s": 13.5}}
+    assert loop_share(rec) == pytest.approx(0.04)
+    assert loop_share({"timing": {"total_s": 14.7, "model_s": 5.1, "rest_s": 9.6}}) is None
+
+
+def test_bad_part_is_one_error_line():
+    r = subprocess.run([sys.executable, "-m", "launch.bench", "solver"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "nfebench: error: unknown bench part 'solver'; valid: solvers, noise, loop, metrics, sweep"]
