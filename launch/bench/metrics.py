@@ -52,7 +52,7 @@ def _rss_mb() -> float:
 
 def _reference(extractor, path: Path) -> str:
     """An npz reference (mu, sigma, features) from 2000 synthetic images, written once per case."""
-    from metrics.fid import reference_stats
+    from metrics.references import reference_stats
 
     x = torch.rand(2000, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9
     ref = reference_stats(extractor, x)
