@@ -324,12 +324,12 @@ def _check_replay_plan(p, row, source):
     if row.solver == "DEIS tAB3":
         # diff-sampler's time_uniform grid: a VP schedule with sigma(1) = 80, sigma(1e-3) = 0.002, sqrt-uniform t
         ns = cfg["model"]["noise_schedule"]
-        assert ns["type"] == "vp_linear" and ns["T"] == 1.0 and ns["eps"] == pytest.approx(1e-3)
+        assert ns["name"] == "vp_linear" and ns["T"] == 1.0 and ns["eps"] == pytest.approx(1e-3)
         assert _vp_sigma(1.0, ns["beta_min"], ns["beta_max"]) == pytest.approx(80.0, rel=1e-9)
         assert _vp_sigma(1e-3, ns["beta_min"], ns["beta_max"]) == pytest.approx(0.002, rel=1e-9)
         assert cfg["schedule"]["power"] == 2.0
     elif cfg["model"]["family"] == "edm_pickle":
-        assert cfg["model"]["noise_schedule"]["type"] == "edm" and cfg["t_end"] is None  # sigma 80 -> 0.002
+        assert cfg["model"]["noise_schedule"]["name"] == "edm" and cfg["t_end"] is None  # sigma 80 -> 0.002
     if cfg["model"]["name"] == "cifar10_scoresde_vp_deep":
         assert cfg["t_end"] == (1e-3 if row.nfe <= 10 else 1e-4)
 
