@@ -41,13 +41,14 @@ def _plan(noise, ts, eta):
 @register_solver("ddim", stochastic=True, final=_final)
 def sample_ddim(model, x, ts, noise, rng=None, eta: float = 0.0, clip_x0: float | None = None):
     buf = torch.empty_like(x)  # the caller's x is never written
+    clipped = None if clip_x0 is None else torch.empty_like(x)
     for t, c_x, c_0, c_eps, a_next, c in _plan(noise, ts, float(eta)):
         x0 = model(x, t)
         x = torch.mul(x, c_x, out=buf)
         if clip_x0 is None:
             x.add_(x0, alpha=c_0)
         else:  # eps from the network's own x0, the clamped x0 in its place
-            x.add_(x0, alpha=c_eps).add_(x0.clamp(-clip_x0, clip_x0), alpha=a_next)
+            x.add_(x0, alpha=c_eps).add_(torch.clamp(x0, -clip_x0, clip_x0, out=clipped), alpha=a_next)
         if c > 0:
             x.add_(rng.like(x), alpha=c)
     return x

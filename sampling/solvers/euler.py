@@ -6,6 +6,8 @@ Optional stochastic churn before each step (Karras et al. 2022, Algorithm 2; see
 """
 from __future__ import annotations
 
+import torch
+
 from ..registry import register_solver
 from .churn import churn_, churn_describe, churn_plan
 from .grid import grid_coeffs, per_run, scaled
@@ -23,8 +25,9 @@ def sample_euler(model, x, ts, noise, rng=None, S_churn: float = 0.0, S_tmin: fl
                  S_tmax: float | None = None, S_noise: float = 1.0):
     g, steps = _plan(noise, ts, S_churn, S_tmin, S_tmax, S_noise)
     x = x / g.alpha[0]
+    inp = torch.empty_like(x)
     for std, a_hat, t_hat, r in steps:
         churn_(x, std, rng)
-        x0 = model(scaled(x, a_hat), t_hat)
+        x0 = model(scaled(x, a_hat, inp), t_hat)
         x.mul_(r).add_(x0, alpha=1.0 - r)
     return x.mul_(g.alpha[-1])

@@ -6,6 +6,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def ddim_coeffs(a, s, a_next, keep):
     return keep / s, a_next - keep * a / s
 
 
-def scaled(x, a: float):
-    """alpha * x, a model input in EDM coordinates; x itself where alpha = 1 (EDM, VE: no copy). The
-    model reads it before the solver next writes x."""
-    return x if a == 1.0 else a * x
+def scaled(x, a: float, out):
+    """alpha * x written into ``out``: the model's input when x is in EDM coordinates (x / alpha); x itself
+    where alpha = 1 (EDM, VE). The model reads it before the solver next writes x or ``out``."""
+    return x if a == 1.0 else torch.mul(x, a, out=out)

@@ -33,9 +33,10 @@ def sample_ipndm(model, x, ts, noise, rng=None, order: int = 4):
     order = check_choice("ipndm order", int(order), (1, 2, 3, 4))
     g, steps = _plan(noise, ts, order)
     x = x / g.alpha[0]
+    inp = torch.empty_like(x)
     history = History(order)  # eps = (x_e - D) / s, newest first
     for t, a, s, weights in steps:
-        x0 = model(scaled(x, a), t)
+        x0 = model(scaled(x, a, inp), t)
         history.push(torch.sub(x, x0, out=history.buffer(x)).div_(s))
         add_combination_(x, weights, history.items)
     return x.mul_(g.alpha[-1])
