@@ -44,8 +44,7 @@ def candidate_times(g, i, window, width, t_end):
 
 
 def choose(x, expected):
-    """Per-sample index of the candidate whose marginal variance (``expected``) best matches var(x) (on device)."""
-    expected = torch.as_tensor(expected, dtype=x.dtype, device=x.device)
+    """Per-sample index of the candidate whose marginal variance (``expected``, on device) best matches var(x)."""
     v = x.flatten(1).var(dim=1, unbiased=True)
     return (v[:, None] - expected[None, :]).abs().argmin(dim=1)
 
@@ -116,15 +115,18 @@ def sample_time_shift(model, x, ts, noise, rng=None, base: str = "ddim", window:
         raise NfebenchError(f"time_shift needs window >= 0 and 0 <= width < 1; got {window}, {width}")
     _, step, multistep = BASES[base]
     order = int(order)
+    plan = _plan(noise, ts, base, int(window), float(width), float(cutoff), float(data_var), order)
+    # every shifted step's candidate variances, moved to the device once (a copy inside the loop would sync)
+    variances = iter(torch.as_tensor([v for _, v in plan if len(v) > 1] or [[0.0]], dtype=x.dtype, device=x.device))
     history = History(order)  # per-sample multistep state (ipndm), full batch, newest first
     xs = torch.empty_like(x), torch.empty_like(x)  # x alternates between them; the caller's x is never written
     y = e = None  # a further candidate's step, before it is picked per sample
-    for cands, expected in _plan(noise, ts, base, int(window), float(width), float(cutoff), float(data_var), order):
+    for cands, _ in plan:
         out = xs[0] if x is not xs[0] else xs[1]
         e_out = history.buffer(x) if multistep else None
         step(out, e_out, model, x, cands[0], history)
         if len(cands) > 1:
-            idx = choose(x, expected)
+            idx = choose(x, next(variances))
             if y is None:
                 y, e = torch.empty_like(x), torch.empty_like(x) if multistep else None
             for k, cand in enumerate(cands[1:], start=1):
