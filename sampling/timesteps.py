@@ -193,7 +193,8 @@ def diffusers_grid(noise, steps, t_start, t_end, family: str = "dpmsolver", spac
     n_train = _discrete_steps(noise, "the diffusers grid")
     family_steps = DIFFUSERS_FAMILIES[check_choice("diffusers scheduler family", family, DIFFUSERS_FAMILIES)]
     check_choice("timestep spacing", spacing, SPACINGS)
-    N = steps + 1 if check_choice("diffusers grid final", final, ("zero", "sigma_min", "last")) != "sigma_min" else steps
+    check_choice("diffusers grid final", final, ("zero", "sigma_min", "last"))
+    N = steps if final == "sigma_min" else steps + 1
     n = family_steps(n_train, N, spacing, int(steps_offset))
     if final == "last":
         return (np.asarray(n, dtype=np.float64) + 1.0) / n_train
