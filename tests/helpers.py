@@ -19,7 +19,7 @@ from sampling.timesteps import make_grid
 
 def gaussian(shape=(1, 4, 4), noise=None, **kw):
     return build_model({"family": "gaussian", "shape": list(shape),
-                        "noise_schedule": noise or {"type": "vp_linear"}, **kw})
+                        "noise_schedule": noise or {"name": "vp_linear"}, **kw})
 
 
 def solve(model, solver, steps, grid="logsnr", n=8, seed=0, budget=None, grid_opts=None, **opts):

@@ -103,7 +103,7 @@ def test_dry_run_plans_exactly_the_published_rows_named(name):
         assert {p["solver"] for p in planned} == set(SOLVERS)
         assert {p["nfe"] for p in planned} == {5, 6, 8, 10, 12, 15, 20, 50}
         assert {p["model"] for p in planned} == {name[len("zoo_"):]}
-        assert len(planned) == len(SOLVERS) * 8 + 3  # + diffusers' PNDM at the three NFEs >= 13
+        assert len(planned) == len(SOLVERS.names()) * 8 + 3  # + diffusers' PNDM at the three NFEs >= 13
 
 
 def test_zoo_solvers_use_diffusers_defaults_where_diffusers_has_the_scheduler():
@@ -250,7 +250,7 @@ def test_experiment_runs_end_to_end_on_a_miniature_then_through_the_collector(na
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     recs = [json.loads(p.read_text()) for p in sweep.rglob("record.json")]
     n_runs = {"ddim_table1_cifar10": 5, "ddim_table3_church": 2, "ddim_table3_bedroom": 2,
-              "zoo_cifar10_ddpm": len(SOLVERS)}.get(name, 2)
+              "zoo_cifar10_ddpm": len(SOLVERS.names())}.get(name, 2)
     assert len(recs) == n_runs and f"{n_runs} runs: {n_runs} done" in r.stdout
     for rec in recs:
         assert rec["config"]["experiment"]["name"] == name and rec["model"]["name"] == model
@@ -324,12 +324,12 @@ def _check_replay_plan(p, row, source):
     if row.solver == "DEIS tAB3":
         # diff-sampler's time_uniform grid: a VP schedule with sigma(1) = 80, sigma(1e-3) = 0.002, sqrt-uniform t
         ns = cfg["model"]["noise_schedule"]
-        assert ns["type"] == "vp_linear" and ns["T"] == 1.0 and ns["eps"] == pytest.approx(1e-3)
+        assert ns["name"] == "vp_linear" and ns["T"] == 1.0 and ns["eps"] == pytest.approx(1e-3)
         assert _vp_sigma(1.0, ns["beta_min"], ns["beta_max"]) == pytest.approx(80.0, rel=1e-9)
         assert _vp_sigma(1e-3, ns["beta_min"], ns["beta_max"]) == pytest.approx(0.002, rel=1e-9)
         assert cfg["schedule"]["power"] == 2.0
     elif cfg["model"]["family"] == "edm_pickle":
-        assert cfg["model"]["noise_schedule"]["type"] == "edm" and cfg["t_end"] is None  # sigma 80 -> 0.002
+        assert cfg["model"]["noise_schedule"]["name"] == "edm" and cfg["t_end"] is None  # sigma 80 -> 0.002
     if cfg["model"]["name"] == "cifar10_scoresde_vp_deep":
         assert cfg["t_end"] == (1e-3 if row.nfe <= 10 else 1e-4)
 

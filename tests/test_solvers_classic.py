@@ -133,7 +133,7 @@ def test_churn_off_is_deterministic_and_draws_nothing():
 
 
 def test_churn_respects_schedule_range():
-    model = gaussian(noise={"type": "vp_discrete"})
+    model = gaussian(noise={"name": "vp_discrete"})
     ts = make_grid(model.noise, 5, "time_uniform")
     rng = SampleNoise(0, range(2), model.shape)
     with pytest.raises(NfebenchError, match="churn"):
@@ -269,7 +269,7 @@ def test_time_shift_is_batch_independent_and_budgeted():
 def test_discrete_spacing_refuses_continuous_schedules_and_bad_rules():
     with pytest.raises(NfebenchError, match="vp_discrete"):
         make_grid(gaussian().noise, 5, "discrete")
-    disc = gaussian(noise={"type": "vp_discrete"}).noise
+    disc = gaussian(noise={"name": "vp_discrete"}).noise
     with pytest.raises(NfebenchError, match="spacing"):
         make_grid(disc, 5, "discrete", spacing="cosine")
     ts = make_grid(disc, 4, "discrete", spacing="leading", steps_offset=1)

@@ -27,7 +27,7 @@ NEVER = {"lower_order_final": "never"}
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model({"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"type": "vp_linear"}})
+    return build_model({"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"name": "vp_linear"}})
 
 
 def x_noise():
@@ -263,7 +263,7 @@ class UnitNoise:
 
 
 def sde_moment_errors(order, nfe):
-    m = build_model({"family": "gaussian", "shape": [1, 2, 2], "noise_schedule": {"type": "vp_linear"}})
+    m = build_model({"family": "gaussian", "shape": [1, 2, 2], "noise_schedule": {"name": "vp_linear"}})
     ts = make_grid(m.noise, nfe, "logsnr")
     rng = UnitNoise(4, nfe, (1, 2, 2))
     x = float(m.noise.sigma(ts[0])) * rng.block(0)
@@ -323,7 +323,7 @@ def golden_runs():
     }
     out = {}
     for key, (name, opts) in runs.items():
-        m = build_model({"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"type": "vp_linear"}})
+        m = build_model({"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"name": "vp_linear"}})
         x, *_ = solve(m, name, 10, rng=SampleNoise(0, range(3), (1, 4, 4)), **opts)
         out[key] = (float(x.mean()), float(x.abs().mean()))
     return out

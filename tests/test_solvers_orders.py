@@ -25,7 +25,7 @@ NEVER = {"lower_order_final": "never"}
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model({"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"type": "vp_linear"}})
+    return build_model({"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"name": "vp_linear"}})
 
 
 def rel_error(model, name, nfe, grid, **opts):

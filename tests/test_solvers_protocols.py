@@ -155,7 +155,7 @@ def test_heun_final_step_edm_equals_edm_sampler(steps):
 
 def test_heun_final_step_rejects_unknown_and_churn():
     base = ["model=gaussian", "num_samples=2", "metrics=none", "solver=heun", "nfe=9"]
-    with pytest.raises(NfebenchError, match="final_step must be null or edm"):
+    with pytest.raises(NfebenchError, match="unknown heun final_step .euler.; valid: None, edm"):
         run(*base, "solver.final_step=euler")
     with pytest.raises(NfebenchError, match="final_step=edm is EDM's deterministic"):
         run(*base, "solver.final_step=edm", "solver.S_churn=5")

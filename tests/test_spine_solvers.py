@@ -100,7 +100,7 @@ def test_parameterisation_adapters_give_the_same_samples(prediction):
     base = solve(gaussian(), "dpmpp", 8)[0]
     other = solve(gaussian(prediction=prediction), "dpmpp", 8)[0]
     torch.testing.assert_close(other, base, rtol=1e-10, atol=1e-10)
-    ns = {"type": "edm"}  # v-prediction's general form must hold when alpha^2 + sigma^2 != 1 too
+    ns = {"name": "edm"}  # v-prediction's general form must hold when alpha^2 + sigma^2 != 1 too
     torch.testing.assert_close(solve(gaussian(prediction=prediction, noise=ns), "heun", 6)[0],
                                solve(gaussian(noise=ns), "heun", 6)[0], rtol=1e-10, atol=1e-10)
 
@@ -121,7 +121,7 @@ def test_counter_flags_the_first_nonfinite_call():
 def _cfg(**kw):
     cfg = {"nfe": 10, "num_samples": 64, "batch_size": 64, "seed": 5, "sample_offset": 0, "t_end": None,
            "dtype": None, "model": {"family": "digits", "name": "digits", "dtype": "float64",
-                                    "noise_schedule": {"type": "vp_linear"}},
+                                    "noise_schedule": {"name": "vp_linear"}},
            "solver": {"name": "ddim", "eta": 1.0}, "schedule": {"name": "time_uniform"}}
     cfg.update(kw)
     return cfg
@@ -169,7 +169,7 @@ def test_plan_rejects_bad_budgets():
 
 
 def test_digits_denoiser_is_the_exact_posterior_mean():
-    m = build_model({"family": "digits", "noise_schedule": {"type": "edm"}})
+    m = build_model({"family": "digits", "noise_schedule": {"name": "edm"}})
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     s = 0.7
     c = torch.as_tensor(m.centers)
