@@ -124,8 +124,9 @@ def load_model(cfg: dict):
 
 
 def suite_needs_model(cfg: dict) -> bool:
-    """FID suites score images against reference statistics; the other suites ask the model."""
-    return metrics_config(cfg).get("name") not in FID_SUITES
+    """FID suites score images against reference statistics and `none` scores nothing; the others
+    (exact, digits_fd) ask the model."""
+    return metrics_config(cfg).get("name") not in (*FID_SUITES, "none")
 
 
 def metric_suite(cfg: dict, p: Plan, model=None):
