@@ -25,7 +25,7 @@ from common.errors import NfebenchError
 from common.registry import check_choice
 from sampling.registry import SolverSpec, get_solver
 from sampling.schedules import NoiseSchedule, make_noise_schedule
-from sampling.seeds import SampleNoise
+from sampling.seeds import SampleNoise, sample_seeds
 from sampling.timesteps import final_step, fixed_steps, make_grid
 
 from . import validate
@@ -178,9 +178,11 @@ def _progress(batches, desc: str, **kw):
     return tqdm(batches, desc=desc, disable=None, leave=False, dynamic_ncols=True, **kw)
 
 
-def sample_batch(cfg: dict, p: Plan, model, idx, device):
-    """(samples, initial noise, counter) of the samples in idx; everything random comes from (seed, i)."""
-    rng = SampleNoise(cfg["seed"], idx, model.shape, dtype=p.dtype, device=device)
+def sample_batch(cfg: dict, p: Plan, model, idx, device, seeds=None):
+    """(samples, initial noise, counter) of the samples in idx; everything random comes from (seed, i).
+
+    seeds: the indices' generator seeds (sampling.seeds.sample_seeds), if already computed."""
+    rng = SampleNoise(cfg["seed"], idx, model.shape, dtype=p.dtype, device=device, seeds=seeds)
     x_start = float(model.noise.sigma(p.ts[0])) * rng.draw()
     # Per-sample conditioning (class labels) depends on (seed, i) only; the counter binds it.
     cond = model.conditions(cfg["seed"], idx) if hasattr(model, "conditions") else None
@@ -200,11 +202,13 @@ def sample_batches(cfg: dict, p: Plan, model, device, on_batch) -> SampleStats:
     """
     first, n, bs = cfg["sample_offset"], cfg["num_samples"], cfg["batch_size"]
     counted, evals = set(), set()
-    model_s = sample_s = decode_s = 0.0
-    for lo in _progress(range(first, first + n, bs), "sampling", unit="batch"):
-        idx = range(lo, min(lo + bs, first + n))
+    start = time.perf_counter()
+    seeds = sample_seeds(cfg["seed"], range(first, first + n))  # one vectorised call for the whole run
+    model_s, sample_s, decode_s = 0.0, time.perf_counter() - start, 0.0
+    for lo in _progress(range(0, n, bs), "sampling", unit="batch"):
+        idx = range(first + lo, first + min(lo + bs, n))
         start = time.perf_counter()
-        x, x_start, counter = sample_batch(cfg, p, model, idx, device)
+        x, x_start, counter = sample_batch(cfg, p, model, idx, device, seeds[lo: lo + bs])
         if not bool(torch.isfinite(x).all()):  # the loop's one host sync per batch
             raise NfebenchError(_nonfinite_message(counter))
         sample_s += time.perf_counter() - start
