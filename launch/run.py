@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,8 +24,8 @@ from models.registry import build_model
 from models.thresholding import Thresholded
 from common.errors import NfebenchError
 from common.registry import check_choice
-from sampling.registry import SolverSpec, get_solver
-from sampling.schedules import NoiseSchedule, make_noise_schedule
+from sampling.registry import get_solver
+from sampling.schedules import make_noise_schedule
 from sampling.seeds import SampleNoise, sample_seeds
 from sampling.timesteps import final_step, fixed_steps, make_grid
 
@@ -32,6 +33,10 @@ from . import validate
 from .experiment import paper_count
 from .records import RECORD_NAME, STATE_NAME, config_hash, git_state, versions
 from common.files import atomic_write_bytes, atomic_write_json, npz_bytes
+
+if TYPE_CHECKING:
+    from sampling.registry import SolverSpec
+    from sampling.schedules import NoiseSchedule
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -91,7 +96,7 @@ def plan(cfg: dict) -> Plan:
     validate.check_schedule_options(dict(cfg["schedule"]))
     noise = make_noise_schedule(**dict(model_cfg["noise_schedule"]))
     validate.check_t_end(cfg.get("t_end"), float(noise.T))
-    steps, cost = budget(cfg, spec, solver_opts)
+    steps, _ = budget(cfg, spec, solver_opts)
     grid_opts = grid_config(cfg)
     ts = make_grid(noise, steps, grid_opts.pop("name", None), t_end=cfg.get("t_end"), **grid_opts)
     return Plan(spec, solver_opts, dtype, noise, ts, bool(_final_denoise_cost(cfg)))
