@@ -23,13 +23,12 @@ SOLVERS = ("ddim", "dpmpp", "euler", "heun", "unipc", "deis")
 
 
 def samples(*overrides):
-    from launch.run import plan, sample_batches
+    from launch.run import load_model, plan, sample_batches
 
     with initialize_config_dir(str(CONFIGS), version_base=None):
         cfg = OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
-    model, spec, opts, ts, dtype = plan(cfg)
     out = []
-    sample_batches(cfg, model, spec, opts, ts, dtype, torch.device("cpu"), lambda x, x0, idx: out.append(x))
+    sample_batches(cfg, plan(cfg), load_model(cfg), torch.device("cpu"), lambda x, x0, idx: out.append(x))
     return torch.cat(out), cfg
 
 

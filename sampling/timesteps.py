@@ -52,6 +52,12 @@ def explicit(noise, steps, t_start, t_end, ts=()):
     return np.asarray(ts, dtype=np.float64)
 
 
+def fixed_steps(grid_name: str, grid_opts: dict) -> int | None:
+    """The number of steps a grid fixes by itself (an explicit grid: its length - 1); None when the
+    solver's NFE budget decides it."""
+    return len(grid_opts.get("ts") or ()) - 1 if grid_name == "explicit" else None
+
+
 def _leading(n_train, steps):
     return np.arange(steps)[::-1] * (n_train // steps)
 

@@ -102,13 +102,9 @@ def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
         nfe = max(6, get_solver(solver).min_nfe(**{k: v for k, v in opts.items() if k != "name"}))
         cfg = {"nfe": nfe, "num_samples": 1, "batch_size": 1, "seed": 0, "sample_offset": 0, "t_end": None,
                "dtype": "float32", "model": model_cfg, "solver": dict(opts), "schedule": schedule}
-        # plan() on a stand-in analytic model of the same schedule: only the grid and the options are needed
-        _, spec, sopts, ts, dtype = plan({**cfg, "model": {"family": "gaussian", "shape": [1, 2, 2],
-                                                           "noise_schedule": model_cfg["noise_schedule"]}})
-        out = []
-        counted, _ = sample_batches(cfg, model, spec, sopts, ts, dtype, torch.device("cpu"),
-                                    lambda x, x0, idx: out.append(x))
-        assert counted == spec.cost(len(ts) - 1, **sopts) <= nfe, solver
+        p, out = plan(cfg), []
+        counted = sample_batches(cfg, p, model, torch.device("cpu"), lambda x, x0, idx: out.append(x)).counted
+        assert counted == p.spec.cost(p.steps, **p.solver_opts) <= nfe, solver
         assert out[0].shape == (1, *sample_shape) and bool(torch.isfinite(out[0]).all()), solver
 
 

@@ -17,7 +17,7 @@ TINY = ["model=gaussian", "num_samples=20", "grid_images=0"]
 
 @pytest.mark.parametrize("args,message", [
     (["launcher=nope"], "unknown launcher 'nope'; valid: basic, local, slurm"),
-    (["wandb.mode=sometimes"], "wandb.mode must be one of disabled, offline, online; got 'sometimes'"),
+    (["wandb.mode=sometimes"], "unknown wandb.mode 'sometimes'; valid: disabled, offline, online"),
 ])
 def test_bad_launcher_input_is_one_line_before_anything_runs(tmp_path, args, message):
     r = launch("-m", *TINY, *args, f"hydra.sweep.dir={tmp_path}/sweep")

@@ -26,7 +26,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from launch.run import plan, sample_batches
+from launch.run import load_model, plan, sample_batches
 from models.edm.precond import PRECONDS
 from models.registry import build_model
 from common.errors import NfebenchError
@@ -357,11 +357,9 @@ def test_heun_with_edms_final_step_reproduces_generate_py(name, tmp_path):
     path, _, _ = miniature(name, tmp_path)
     cfg = compose_cfg(f"model={name}", f"model.path={path}", *EDM_HEUN, "nfe=35", "num_samples=2", "batch_size=1",
                       "metrics=none", "dtype=float64", "seed=5")
-    model, spec, opts, ts, dtype = plan(cfg)
-    got = []
-    counted, _ = sample_batches(cfg, model, spec, opts, ts, dtype, torch.device("cpu"),
-                                lambda x, x0, idx: got.append(x))
-    assert counted == 35 and len(ts) == 18  # 17 Heun steps down to sigma_min + the x0 step = EDM's 18 steps
+    p, model, got = plan(cfg), load_model(cfg), []
+    counted = sample_batches(cfg, p, model, torch.device("cpu"), lambda x, x0, idx: got.append(x)).counted
+    assert counted == 35 and len(p.ts) == 18  # 17 Heun steps down to sigma_min + the x0 step = EDM's 18 steps
     latents = SampleNoise(5, range(2), model.shape).draw()
     labels = None
     if model.num_classes:
@@ -372,7 +370,7 @@ def test_heun_with_edms_final_step_reproduces_generate_py(name, tmp_path):
     # float64 rounding-order differences can flip one float32 ulp inside the network; a wrong grid or final step
     # would be off by orders of magnitude more
     assert torch.allclose(x, want, rtol=0, atol=1e-6 * float(want.abs().max())), float((x - want).abs().max())
-    assert float(ts[-1]) == pytest.approx(max(0.002, float(model.net.sigma_min)), rel=1e-12)
+    assert float(p.ts[-1]) == pytest.approx(max(0.002, float(model.net.sigma_min)), rel=1e-12)
 
 
 def test_edm_sampler_settings_through_launch_py(tmp_path):

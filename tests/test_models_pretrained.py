@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 import diffusers  # noqa: F401  (a declared dependency: missing must fail, not skip)
 from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DModel, VQModel
 
-from launch.run import plan, sample_batches
+from launch.run import load_model, plan, sample_batches
 from models.registry import build_model
 from common.errors import NfebenchError
 
@@ -98,12 +98,10 @@ IMAGE_MODELS = {
 
 
 def run_path(cfg):
-    """plan + sample_batches as run_experiment does; returns (samples, counted, stats, model)."""
-    model, spec, opts, ts, dtype = plan(cfg)
-    got, stats = [], {}
-    counted, _ = sample_batches(cfg, model, spec, opts, ts, dtype, torch.device("cpu"),
-                                lambda x, x0, idx: got.append(x), stats)
-    return torch.cat(got), counted, stats, model
+    """plan + load_model + sample_batches as run_experiment does; returns (samples, counted, stats, model)."""
+    model, got = load_model(cfg), []
+    stats = sample_batches(cfg, plan(cfg), model, torch.device("cpu"), lambda x, x0, idx: got.append(x))
+    return torch.cat(got), stats.counted, stats, model
 
 
 @pytest.mark.parametrize("name", sorted(IMAGE_MODELS))
@@ -117,9 +115,9 @@ def test_every_image_model_config_samples_through_the_run_path(name, tmp_path):
         x, counted, stats, model = run_path(cfg)
         assert x.shape == (n, *image_shape) and x.dtype == torch.float32
         assert bool(torch.isfinite(x).all())
-        assert counted == nfe and stats["network_evals"] == per_nfe * nfe
+        assert counted == nfe and stats.network_evals == per_nfe * nfe
         if getattr(model, "latent", False):
-            assert x.min() >= -1 and x.max() <= 1 and stats["decode_s"] > 0
+            assert x.min() >= -1 and x.max() <= 1 and stats.decode_s > 0
             assert tuple(model.shape) != image_shape  # sampled in latent space, decoded after
         assert x.std() > 0
     rec = model.describe()

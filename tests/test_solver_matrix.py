@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from launch.run import plan, sample_batches
+from launch.run import load_model, plan, sample_batches
 from common.errors import NfebenchError
 from sampling.registry import SOLVERS, get_solver
 
@@ -76,12 +76,11 @@ def test_every_budget(name, opts, schedule):
             with pytest.raises(NfebenchError):
                 plan(cfg)
             continue
-        model, spec, solver_opts, ts, dtype = plan(cfg)
-        steps = len(ts) - 1
+        p, out = plan(cfg), []
+        spec, solver_opts, steps = p.spec, p.solver_opts, p.steps
         assert spec.cost(steps, **solver_opts) <= nfe
-        out = []
-        counted, _ = sample_batches(cfg, model, spec, solver_opts, ts, dtype, torch.device("cpu"),
-                                    lambda x, x_start, idx: out.append(x))
+        counted = sample_batches(cfg, p, load_model(cfg), torch.device("cpu"),
+                                 lambda x, x_start, idx: out.append(x)).counted
         assert counted == spec.cost(steps, **solver_opts) <= nfe, f"nfe={nfe}"
         assert torch.isfinite(out[0]).all() and out[0].shape == (3, 1, 4, 4)
         if spec.describe is not None:

@@ -17,7 +17,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from launch.run import plan, sample_batches
+from launch.run import load_model, plan, sample_batches
 from common.errors import NfebenchError
 from sampling.seeds import SampleNoise
 
@@ -29,14 +29,13 @@ def run(*overrides):
     """(samples, initial noise, grid, counted NFE, record-style cfg) of a run composed as launch.py composes it."""
     with initialize_config_dir(str(CONFIGS), version_base=None):
         cfg = OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
-    model, spec, opts, ts, dtype = plan(cfg)
-    out = {}
+    p, model, out = plan(cfg), load_model(cfg), {}
 
     def keep(x, x0, idx):
         out["x"], out["start"] = x, x0
 
-    counted, _ = sample_batches(cfg, model, spec, opts, ts, dtype, torch.device("cpu"), keep)
-    return out["x"], out["start"], ts, counted, model
+    counted = sample_batches(cfg, p, model, torch.device("cpu"), keep).counted
+    return out["x"], out["start"], p.ts, counted, model
 
 
 GAUSS_DISCRETE = ["model=gaussian", "model/noise_schedule=vp_discrete", "num_samples=4", "batch_size=4",

@@ -5,7 +5,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from helpers import fitted_order, gaussian, solve
-from launch.run import plan, sample_batches
+from launch.run import load_model, plan, sample_batches
 from models.counter import BudgetExceeded, CountedDenoiser
 from models.registry import build_model
 from common.errors import NfebenchError
@@ -128,9 +128,8 @@ def _cfg(**kw):
 
 
 def _samples(cfg):
-    model, spec, opts, ts, dtype = plan(cfg)
     out = {}
-    sample_batches(cfg, model, spec, opts, ts, dtype, torch.device("cpu"),
+    sample_batches(cfg, plan(cfg), load_model(cfg), torch.device("cpu"),
                    lambda x, x0, idx: out.update({i: (x[k], x0[k]) for k, i in enumerate(idx)}))
     return out
 

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 import diffusers  # noqa: F401  (a declared test dependency: missing must fail, not skip)
 
-from launch.run import plan, sample_batches
+from launch.run import load_model, plan, sample_batches
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,14 +53,13 @@ def ours(ckpt, solver, nfe, *extra):
                  "num_samples=2", "batch_size=2", "dtype=float64", "metrics=none", "device=cpu", *extra]
     with initialize_config_dir(str(CONFIGS), version_base=None):
         cfg = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
-    model, spec, opts, ts, dtype = plan(cfg)
-    out = {}
+    p, out = plan(cfg), {}
 
     def keep(x, x0, idx):
         out["x"], out["start"] = x, x0
 
-    counted, _ = sample_batches(cfg, model, spec, opts, ts, dtype, torch.device("cpu"), keep)
-    return out["x"], out["start"], ts, counted
+    counted = sample_batches(cfg, p, load_model(cfg), torch.device("cpu"), keep).counted
+    return out["x"], out["start"], p.ts, counted
 
 
 def diffusers_loop(ckpt, sched, num_steps, x, last_step_x0=False):
@@ -114,7 +113,7 @@ def test_protocol_grids_are_diffusers_timesteps(ckpt):
             cfg = OmegaConf.to_container(compose("config", overrides=[
                 "model=cifar10_ddpm", f"model.path={ckpt}", f"solver={solver}", f"nfe={nfe}", "protocol=diffusers"]),
                 resolve=True)
-        _, _, _, ts, _ = plan(cfg)
+        ts = plan(cfg).ts
         sched.set_timesteps(10)
         n = sched.timesteps.numpy().astype(np.float64)
         want = (n + 1) / 1000 if solver != "deis" else np.append((n + 1) / 1000, 1e-3)
