@@ -1,15 +1,14 @@
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from common.paths import REPO
 
 # No hub, no wandb network in tests, whatever the caller's environment says.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 

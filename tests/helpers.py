@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.paths import REPO
 from models.counter import CountedDenoiser
 from models.registry import build_model
 from sampling.registry import get_solver
@@ -22,8 +23,8 @@ def gaussian(shape=(1, 4, 4), noise=None, **kw):
                         "noise_schedule": noise or {"type": "vp_linear"}, **kw})
 
 
-def solve(model, solver, steps, grid="logsnr", n=8, seed=0, budget=None, grid_opts=None, **opts):
-    """Run one solver on n samples; returns (samples, x_start, ts, counter)."""
+def solve_steps(model, solver, steps, grid="logsnr", n=8, seed=0, budget=None, grid_opts=None, **opts):
+    """Run one solver for a number of steps on n samples; returns (samples, x_start, ts, counter)."""
     spec = get_solver(solver)
     ts = make_grid(model.noise, steps, grid, **(grid_opts or {}))
     rng = SampleNoise(seed, range(n), model.shape)
@@ -33,8 +34,37 @@ def solve(model, solver, steps, grid="logsnr", n=8, seed=0, budget=None, grid_op
     return x, x_start, ts, counter
 
 
+def x_noise(shape=(1, 4, 4)):
+    """Three fixed float64 draws (seed 0) of one sample shape."""
+    return torch.randn(3, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+def solve_nfe(model, solver, nfe, grid="logsnr", rng=None, **opts):
+    """Run one solver within an NFE budget (its steps from the solver's own rule) on x_noise();
+    returns (samples, x_start, ts, counted NFE)."""
+    spec = get_solver(solver)
+    ts = make_grid(model.noise, spec.steps(nfe, **opts), grid)
+    x = float(model.noise.sigma(ts[0])) * x_noise(model.shape)
+    counter = CountedDenoiser(model, budget=nfe)
+    out = spec.fn(counter, x, ts, model.noise, rng, **opts)
+    return out, x, ts, counter.count
+
+
+def rel_error_nfe(model, solver, nfe, grid="logsnr", **opts) -> float:
+    """Relative error of solve_nfe's samples against the closed-form PF-ODE solution."""
+    out, x, ts, _ = solve_nfe(model, solver, nfe, grid, **opts)
+    ref = model.ode_solution(x, float(ts[0]), float(ts[-1]))
+    return float((out - ref).norm() / ref.norm())
+
+
+def fitted_order_nfe(model, solver, nfes, grid="logsnr", **opts) -> float:
+    """Slope of -log(relative error) against log(NFE budget)."""
+    errors = [rel_error_nfe(model, solver, n, grid, **opts) for n in nfes]
+    return -float(np.polyfit(np.log(nfes), np.log(errors), 1)[0])
+
+
 def ode_error(model, solver, steps, **kw) -> float:
-    x, x_start, ts, _ = solve(model, solver, steps, **kw)
+    x, x_start, ts, _ = solve_steps(model, solver, steps, **kw)
     ref = model.ode_solution(x_start, float(ts[0]), float(ts[-1]))
     return float((x - ref).pow(2).mean().sqrt())
 
@@ -45,7 +75,6 @@ def fitted_order(model, solver, nfes, cost=lambda n: n, **kw) -> float:
     errs = [ode_error(model, solver, s, **kw) for s in steps]
     slope = np.polyfit(np.log([cost(s) for s in steps]), np.log(errs), 1)[0]
     return -float(slope)
-
 
 
 class ImageSet(torch.utils.data.Dataset):
@@ -61,7 +90,6 @@ class ImageSet(torch.utils.data.Dataset):
         return self.x[i]
 
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
@@ -80,10 +108,12 @@ def compose_cfg(*overrides) -> dict:
 
 
 def solver_defaults(name: str):
-    """A solver config's options and its recommended grid's options, as the config files state them."""
+    """A solver config's options and its recommended grid's options, as the config files state them
+    (a solver without a config file: no options, the logsnr grid)."""
     from omegaconf import OmegaConf
 
-    opts = OmegaConf.to_container(OmegaConf.load(CONFIGS / "solver" / f"{name}.yaml"))
+    path = CONFIGS / "solver" / f"{name}.yaml"
+    opts = OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {"name": name}
     grid = "logsnr"
     for entry in opts.pop("defaults", []):
         for key, value in (entry.items() if isinstance(entry, dict) else []):
@@ -112,7 +142,24 @@ def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
         assert out[0].shape == (1, *sample_shape) and bool(torch.isfinite(out[0]).all()), solver
 
 
-def launch(*args, cwd=REPO, env=None, timeout=300):
-    """`python launch.py *args` in a subprocess, as a user runs it."""
-    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+def launch_argv(*args) -> list:
+    """The command line `python launch.py *args`."""
+    return [sys.executable, str(REPO / "launch.py"), *args]
+
+
+def launch(*args, cwd=REPO, env=None, timeout=600, **kw):
+    """`python launch.py *args` in a subprocess, as a user runs it; env adds to this process's environment
+    (conftest.py sets HF_HUB_OFFLINE=1 and WANDB_MODE=disabled there)."""
+    return subprocess.run(launch_argv(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def start_launch(*args):
+    """`python launch.py *args` started in the background, for tests that signal it or watch its workers."""
+    return subprocess.Popen(launch_argv(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_module(module, *args, timeout=300):
+    """`python -m module *args` in a subprocess (results.collect, results.leaderboard), as a user runs it."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)

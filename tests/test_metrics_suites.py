@@ -1,22 +1,18 @@
 """metrics=fid_is (torch-fidelity) and metrics=clean_fid: KID, precision/recall, shards, offline errors, e2e."""
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from helpers import ImageSet
+from helpers import ImageSet, launch
 from metrics import clean_fid, fid_is
 from metrics.features import Extractor, build_extractor, check_images, register_extractor
 from metrics.subset import FeatureSubset
 from metrics.suites import build_metrics, metrics_config
 from common.errors import NfebenchError
-
-REPO = Path(__file__).resolve().parents[1]
+from common.paths import REPO
 
 
 @register_extractor("test_flat6")
@@ -253,15 +249,13 @@ def test_missing_weights_and_datasets_fail_in_one_line_under_a_second(tmp_path):
 
 
 def test_missing_weights_through_launch_exit_2_and_no_record(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "launch.py"), "metrics=fid_is",
-                        f"metrics.extractor_path={tmp_path / 'none.pth'}", f"hydra.run.dir={tmp_path / 'run'}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = launch("metrics=fid_is", f"metrics.extractor_path={tmp_path / 'none.pth'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert r.stderr.startswith("nfebench: error:") and fid_is.TF_WEIGHTS_FILE in r.stderr
     assert not (tmp_path / "run" / "record.json").exists()
 
 
-def test_offline_tables_match_the_libraries():
+def test_offline_weight_and_dataset_tables_match_the_libraries():
     import cleanfid.downloads_helper
     import cleanfid.inception_pytorch
     import torch_fidelity
