@@ -1,15 +1,16 @@
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from common.paths import REPO
 
 # No hub, no wandb network in tests, whatever the caller's environment says.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 
-sys.path.insert(0, str(REPO))
+# The checkout first on sys.path, before anything imports it: so this cannot use common.paths.REPO.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 @pytest.fixture

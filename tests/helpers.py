@@ -12,8 +12,10 @@ import torch
 
 from common.paths import REPO
 from models.counter import CountedDenoiser
+from models.denoiser import Denoiser
 from models.registry import build_model
 from sampling.registry import get_solver
+from sampling.schedules import make_noise_schedule
 from sampling.seeds import SampleNoise
 from sampling.timesteps import make_grid
 
@@ -75,6 +77,31 @@ def fitted_order(model, solver, nfes, cost=lambda n: n, **kw) -> float:
     errs = [ode_error(model, solver, s, **kw) for s in steps]
     slope = np.polyfit(np.log([cost(s) for s in steps]), np.log(errs), 1)[0]
     return -float(slope)
+
+
+class EpsUNet(Denoiser):
+    """A diffusers UNet2DModel as an eps-predicting denoiser on DDPM's linear 1000-step schedule."""
+    prediction = "eps"
+
+    def __init__(self, unet, shape):
+        self.unet, self.shape = unet, shape
+        self.noise = make_noise_schedule("vp_discrete", betas="linear", beta_start=1e-4, beta_end=0.02,
+                                         num_train_timesteps=1000)
+
+    def predict(self, x, t, cond=None):
+        n = torch.full((x.shape[0],), float(self.noise.model_time(t)), dtype=x.dtype)
+        return self.unet(x, n).sample
+
+
+def write_pngs(folder, images):
+    """Images in [-1, 1], (B, C, H, W), as 8-bit PNG files 0000.png, 0001.png, ... in folder."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(torch.round((images.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)):
+        a = im.permute(1, 2, 0).numpy()
+        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(folder / f"{i:04d}.png")
+    return folder
 
 
 class ImageSet(torch.utils.data.Dataset):

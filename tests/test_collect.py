@@ -164,7 +164,7 @@ def test_runs_that_differ_in_something_the_label_does_not_show_are_refused(tmp_p
     assert "differ in t_end" in one_error_line(rc, err)
 
 
-def test_csv_and_latex_round_trip(tmp_path, capsys):
+def test_csv_and_latex_outputs_carry_the_markdown_tables_numbers(tmp_path, capsys):
     record(tmp_path, "a", nfe=4, metrics={"fd_pixel": 34.4811, "ode_rmse": 0.23312})
     record(tmp_path, "b", "solver.eta=0.5", nfe=6, counted=5, metrics={"fd_pixel": 1.23456, "ode_rmse": 0.0123456})
     record(tmp_path, "c", "solver.eta=0.5", nfe=6, counted=5, seed=1, metrics={"fd_pixel": 1.3, "ode_rmse": 0.0124})

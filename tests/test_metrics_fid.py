@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import ImageSet, launch
+from helpers import ImageSet, launch, write_pngs
 from metrics import features
 from metrics.features import Extractor, build_extractor, file_sha256, register_extractor
 from metrics.fid import inception_score, reference_stats
@@ -134,14 +134,6 @@ def test_merged_shard_statistics_equal_one_pass(tmp_path):
     ra, ro = a.result(), one.result()
     assert ra["fid"] == pytest.approx(ro["fid"], rel=1e-10) and ra["fid"] > 0
     assert ra["inception_score"] == pytest.approx(ro["inception_score"], rel=1e-12)
-
-
-def write_pngs(folder, images):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(images):
-        u8 = np.round((im[0].numpy() + 1) * 127.5).astype(np.uint8)
-        Image.fromarray(u8, mode="L").save(folder / f"{i:04d}.png")
-    return folder
 
 
 def digits_images(n, start=0):

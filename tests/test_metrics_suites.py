@@ -4,9 +4,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from helpers import ImageSet, launch
+from helpers import ImageSet, launch, write_pngs
 from metrics import clean_fid, fid_is
 from metrics.features import Extractor, build_extractor, check_images, register_extractor
 from metrics.subset import FeatureSubset
@@ -42,14 +41,6 @@ def run(tmp, *overrides):
     from launch.run import run_experiment
 
     return run_experiment(compose(*overrides), tmp)
-
-
-def write_pngs(folder, images):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(torch.round((images.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)):
-        a = im.permute(1, 2, 0).numpy()
-        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(folder / f"{i:04d}.png")
-    return folder
 
 
 def gaussian_data(n, seed=1):

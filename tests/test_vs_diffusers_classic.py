@@ -29,29 +29,16 @@ from diffusers import DDPMScheduler, EulerDiscreteScheduler, HeunDiscreteSchedul
 from diffusers.schedulers import scheduling_ddpm  # noqa: E402
 
 from models.counter import CountedDenoiser  # noqa: E402
-from models.denoiser import Denoiser  # noqa: E402
 from common.errors import NfebenchError  # noqa: E402
 from sampling.registry import get_solver  # noqa: E402
 from sampling.schedules import make_noise_schedule  # noqa: E402
 from sampling.seeds import SampleNoise  # noqa: E402
 from sampling.timesteps import SPACINGS, make_grid  # noqa: E402
 
+from helpers import EpsUNet  # noqa: E402
+
 N_TRAIN = 1000
 SHAPE = (1, 8, 8)
-
-
-class UNetEps(Denoiser):
-    prediction = "eps"
-    shape = SHAPE
-
-    def __init__(self, unet):
-        self.unet = unet
-        self.noise = make_noise_schedule("vp_discrete", betas="linear", beta_start=1e-4, beta_end=0.02,
-                                         num_train_timesteps=N_TRAIN)
-
-    def predict(self, x, t, cond=None):
-        n = torch.full((x.shape[0],), float(self.noise.model_time(t)), dtype=x.dtype)
-        return self.unet(x, n).sample
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +51,7 @@ def model():
     with torch.no_grad():
         for p in unet.parameters():
             p.mul_(1.5)
-    return UNetEps(unet.double().eval())
+    return EpsUNet(unet.double().eval(), SHAPE)
 
 
 class CountingUNet:
