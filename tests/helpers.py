@@ -174,19 +174,24 @@ def launch_argv(*args) -> list:
     return [sys.executable, str(REPO / "launch.py"), *args]
 
 
+def offline_env(extra=None) -> dict:
+    """This process's environment with no hub and no wandb network (as conftest.py sets it), plus extra."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(extra or {})}
+
+
 def launch(*args, cwd=REPO, env=None, timeout=600, **kw):
-    """`python launch.py *args` in a subprocess, as a user runs it; env adds to this process's environment
-    (conftest.py sets HF_HUB_OFFLINE=1 and WANDB_MODE=disabled there)."""
+    """`python launch.py *args` in a subprocess, as a user runs it; env adds to offline_env()."""
     return subprocess.run(launch_argv(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, **kw)
+                          env=offline_env(env), **kw)
 
 
 def start_launch(*args):
     """`python launch.py *args` started in the background, for tests that signal it or watch its workers."""
-    return subprocess.Popen(launch_argv(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(launch_argv(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=offline_env())
 
 
 def run_module(module, *args, timeout=300):
     """`python -m module *args` in a subprocess (results.collect, results.leaderboard), as a user runs it."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=offline_env())

@@ -58,7 +58,7 @@ def test_basic_sweep_prints_summary_and_rerun_skips(tmp_path):
 
 @pytest.mark.slow
 def test_wandb_offline_writes_a_local_run_and_no_network(tmp_path):
-    # WANDB_MODE=disabled comes from conftest; the config's explicit mode wins. No API key, no host.
+    # WANDB_MODE=disabled comes from helpers.launch; the config's explicit mode wins. No API key, no host.
     env = {"WANDB_API_KEY": "", "WANDB_BASE_URL": "http://127.0.0.1:9"}
     r = launch(*TINY, "wandb.mode=offline", "wandb.project=nfebench-test", f"hydra.run.dir={tmp_path}", env=env)
     assert r.returncode == 0, r.stderr

@@ -389,7 +389,7 @@ def test_edm_heun_settings_through_launch_py_run_35_nfe_on_the_edm_sigma_grid(tm
 
 
 def test_cli_missing_checkpoint_exits_2_with_one_line(tmp_path):
-    env = {"NFEBENCH_CKPT_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    env = {"NFEBENCH_CKPT_DIR": str(tmp_path)}
     r = launch("model=cifar10_edm", "solver=heun", "nfe=35", "metrics=none", f"hydra.run.dir={tmp_path / 'run'}",
                env=env)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
