@@ -16,7 +16,7 @@ from results import published as collector_published
 import sampling.solvers  # noqa: F401  (registers every solver, so SOLVERS is complete)
 from sampling.registry import SOLVERS
 
-from helpers import CONFIGS, launch, run_module
+from helpers import CONFIGS, compose_cfg, launch, run_module
 
 DDIM = "DDIM (Song, Meng, Ermon, ICLR 2021) arXiv:2010.02502"
 
@@ -98,7 +98,7 @@ def test_dry_run_plans_exactly_the_published_rows_named(name):
 
 
 def test_zoo_solvers_use_diffusers_defaults_where_diffusers_has_the_scheduler():
-    presets = set(compose_protocol()["solvers"])
+    presets = set(compose_cfg("protocol=diffusers")["protocol"]["solvers"])
     planned = plans("zoo_cifar10_ddpm")
     for p in planned:
         if p["solver"] == "pndm" and p["schedule"] != "diffusers":
@@ -114,19 +114,13 @@ def test_zoo_solvers_use_diffusers_defaults_where_diffusers_has_the_scheduler():
     assert (heun[10]["paper"]["value"], heun[10]["counted"]) == (5, 9)
 
 
-def compose_protocol():
-    with initialize_config_dir(str(CONFIGS), version_base=None):
-        return OmegaConf.to_container(compose("config", overrides=["protocol=diffusers"]), resolve=True)["protocol"]
-
-
 def test_leaderboard_plans_every_solver_and_the_readme_variants_on_three_models():
     planned = plans("leaderboard_cpu")
     assert {p["model"] for p in planned} == {"gaussian", "digits", "digits_unet"}
     assert {p["nfe"] for p in planned} == {3, 4, 5, 6, 8, 10, 15, 20, 50}
     labels = {(p["solver"], tuple(sorted(p["options"].items()))) for p in planned}
     for name in SOLVERS:  # every registered solver with its config's default options
-        with initialize_config_dir(str(CONFIGS), version_base=None):
-            default = OmegaConf.to_container(compose("config", overrides=[f"solver={name}"]), resolve=True)["solver"]
+        default = compose_cfg(f"solver={name}")["solver"]
         default.pop("name")
         assert (name, tuple(sorted(default.items()))) in labels, name
     variants = {(p["solver"], p["options"].get("order"), p["options"].get("variant"), p["options"].get("eta"),

@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ImageSet, launch, write_pngs
+from helpers import ImageSet, compose_cfg, launch, write_pngs
 from metrics import clean_fid, fid_is
 from metrics.features import Extractor, build_extractor, check_images, register_extractor
 from metrics.subset import FeatureSubset
 from metrics.suites import build_metrics, metrics_config
 from common.errors import NfebenchError
-from common.paths import REPO
 
 
 @register_extractor("test_flat6")
@@ -29,18 +28,10 @@ class Flat6(Extractor):
         return x.reshape(len(x), -1), None
 
 
-def compose(*overrides):
-    from hydra import compose as hcompose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(str(REPO / "configs"), version_base=None):
-        return OmegaConf.to_container(hcompose("config", overrides=list(overrides)), resolve=True)
-
-
 def run(tmp, *overrides):
     from launch.run import run_experiment
 
-    return run_experiment(compose(*overrides), tmp)
+    return run_experiment(compose_cfg(*overrides), tmp)
 
 
 def gaussian_data(n, seed=1):
