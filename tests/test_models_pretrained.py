@@ -5,16 +5,11 @@ and loads it through the real model config with `model.path` overridden, then sa
 launch.run.plan / sample_batches (the path `launch.py` takes).
 """
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 import diffusers  # noqa: F401  (a declared dependency: missing must fail, not skip)
 from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DModel, VQModel
@@ -23,13 +18,7 @@ from launch.run import load_model, plan, sample_batches
 from models.registry import build_model
 from common.errors import NfebenchError
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-
-
-def compose_cfg(*overrides) -> dict:
-    with initialize_config_dir(str(CONFIGS), version_base=None):
-        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+from helpers import compose_cfg, launch
 
 
 def _bump(net, scale=1.5, seed=0):
@@ -320,11 +309,6 @@ def test_edm_pickles_without_the_file_name_it_and_its_url_in_one_line(tmp_path, 
     monkeypatch.setenv("NFEBENCH_CKPT_DIR", str(tmp_path))
     with pytest.raises(NfebenchError, match=r"checkpoint edm-cifar10-32x32-uncond-vp\.pkl not found .*nvlabs-fi-cdn"):
         build_model(compose_cfg("model=cifar10_edm")["model"])
-
-
-def launch(*args, env=None):
-    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ ALL = [dict(name=n) for n in sorted(NOISE_SCHEDULES)] + [dict(name="vp_discrete"
 
 
 @pytest.mark.parametrize("params", ALL, ids=lambda p: "-".join(map(str, p.values())))
-def test_conversions_round_trip(params):
+def test_schedule_conversions_between_t_lambda_and_sigma_round_trip(params):
     ns = make_noise_schedule(**params)
     t = np.linspace(ns.eps, ns.T, 57)
     a, s, lam = ns.alpha(t), ns.sigma(t), ns.lam(t)
@@ -66,7 +66,7 @@ def test_grids_are_decreasing_and_span_the_schedule(grid):
     assert np.all(np.diff(ts) < 0)
 
 
-def test_grid_shapes():
+def test_logsnr_karras_and_quadratic_grids_are_uniform_in_their_own_variable():
     ns = make_noise_schedule(name="vp_linear")
     lam = ns.lam(make_grid(ns, 10, "logsnr"))
     np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-9)
@@ -76,7 +76,7 @@ def test_grid_shapes():
     np.testing.assert_allclose(np.diff(np.sqrt(ts)), np.diff(np.sqrt(ts))[0], rtol=1e-10)
 
 
-def test_grid_errors():
+def test_bad_grid_and_schedule_requests_are_refused():
     ns = make_noise_schedule(name="edm")
     with pytest.raises(NfebenchError, match="unknown time-step schedule"):
         make_grid(ns, 4, "nope")

@@ -9,8 +9,6 @@ run path (launch.run.plan / sample_batches on a Hydra-composed config, as launch
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -21,7 +19,8 @@ from launch.run import load_model, plan, sample_batches
 from common.errors import NfebenchError
 from sampling.seeds import SampleNoise
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from helpers import CONFIGS
+
 BETAS = np.linspace(1e-4, 0.02, 1000)  # DDPM's linear schedule = model/noise_schedule=vp_discrete
 
 

@@ -148,7 +148,7 @@ CASES = [
 
 @pytest.mark.parametrize("noise", NOISES, ids=[n["name"] for n in NOISES])
 @pytest.mark.parametrize("solver,opts,ref", CASES, ids=[f"{s}-{o}" for s, o, _ in CASES])
-def test_matches_sigma_space_reference(noise, solver, opts, ref):
+def test_classic_solvers_match_the_sigma_space_reference_loops(noise, solver, opts, ref):
     model = gaussian(noise=noise)
     ours, x_e, sig, noise_fn, a_end = _run(model, solver, 7, "karras", **opts)
     theirs = a_end * ref(sigma_denoiser(model), x_e, sig, noise_fn)
