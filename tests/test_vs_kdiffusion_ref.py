@@ -39,24 +39,25 @@ def to_d(x, sigma, denoised):
     return (x - denoised) / sigma
 
 
+def churned_slope(D, x, sigmas, i, noise_fn, s_churn, s_tmin, s_tmax, s_noise):
+    """k-diffusion's churn at step i (sigma raised to sigma_hat with fresh noise), then the slope there."""
+    gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
+    sigma_hat = sigmas[i] * (gamma + 1)
+    if gamma > 0:
+        x = x + noise_fn(x) * s_noise * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
+    return x, sigma_hat, to_d(x, sigma_hat, D(x, sigma_hat))
+
+
 def ref_euler(D, x, sigmas, noise_fn, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
     for i in range(len(sigmas) - 1):
-        gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
-        sigma_hat = sigmas[i] * (gamma + 1)
-        if gamma > 0:
-            x = x + noise_fn(x) * s_noise * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
-        d = to_d(x, sigma_hat, D(x, sigma_hat))
+        x, sigma_hat, d = churned_slope(D, x, sigmas, i, noise_fn, s_churn, s_tmin, s_tmax, s_noise)
         x = x + d * (sigmas[i + 1] - sigma_hat)
     return x
 
 
 def ref_heun(D, x, sigmas, noise_fn, euler_last=True, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
     for i in range(len(sigmas) - 1):
-        gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
-        sigma_hat = sigmas[i] * (gamma + 1)
-        if gamma > 0:
-            x = x + noise_fn(x) * s_noise * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
-        d = to_d(x, sigma_hat, D(x, sigma_hat))
+        x, sigma_hat, d = churned_slope(D, x, sigmas, i, noise_fn, s_churn, s_tmin, s_tmax, s_noise)
         dt = sigmas[i + 1] - sigma_hat
         if euler_last and i == len(sigmas) - 2:  # k-diffusion: when sigmas[i+1] == 0
             x = x + d * dt
