@@ -183,15 +183,16 @@ def _progress(batches, desc: str, **kw):
     return tqdm(batches, desc=desc, disable=None, leave=False, dynamic_ncols=True, **kw)
 
 
-def sample_batch(cfg: dict, p: Plan, model, idx, device, seeds=None):
+def sample_batch(cfg: dict, p: Plan, model, idx, device, seeds=None, trace=False):
     """(samples, initial noise, counter) of the samples in idx; everything random comes from (seed, i).
 
-    seeds: the indices' generator seeds (sampling.seeds.sample_seeds), if already computed."""
+    seeds: the indices' generator seeds (sampling.seeds.sample_seeds), if already computed.
+    trace: the counter keeps a reduction per call, to locate a NaN (a replay of a failed batch)."""
     rng = SampleNoise(cfg["seed"], idx, model.shape, dtype=p.dtype, device=device, seeds=seeds)
     x_start = float(model.noise.sigma(p.ts[0])) * rng.draw()
     # Per-sample conditioning (class labels) depends on (seed, i) only; the counter binds it.
     cond = model.conditions(cfg["seed"], idx) if hasattr(model, "conditions") else None
-    counter = CountedDenoiser(model, budget=cfg["nfe"], cond=cond)
+    counter = CountedDenoiser(model, budget=cfg["nfe"], cond=cond, trace=trace)
     with torch.no_grad():
         x = p.spec.fn(counter, x_start, p.ts, model.noise, rng, **p.solver_opts)
         if p.final_x0:
@@ -215,7 +216,9 @@ def sample_batches(cfg: dict, p: Plan, model, device, on_batch) -> SampleStats:
         start = time.perf_counter()
         x, x_start, counter = sample_batch(cfg, p, model, idx, device, seeds[lo: lo + bs])
         if not bool(torch.isfinite(x).all()):  # the loop's one host sync per batch
-            raise NfebenchError(_nonfinite_message(counter))
+            # deterministic per sample, so a traced replay of this batch finds the step
+            traced = sample_batch(cfg, p, model, idx, device, seeds[lo: lo + bs], trace=True)[2]
+            raise NfebenchError(_nonfinite_message(traced))
         sample_s += time.perf_counter() - start
         counted.add(counter.count)
         evals.add(counter.network_evals)

@@ -4,9 +4,10 @@ NFE here is what the published tables mean: one evaluation of the network on the
 batch at one noise level. A guided model's doubled batch (conditional + unconditional) is
 still one NFE; `network_evals` counts the network batch evaluations behind them. The counter
 enforces the budget (an overrun raises instead of silently spending more), binds the batch's
-per-sample conditioning (class labels) so that solvers keep calling `model(x, t)`, times the
-model, and keeps one reduction per call (x.sum() + out.sum(), a device scalar) so that a NaN
-can be traced to its step without syncing inside the solver loop.
+per-sample conditioning (class labels) so that solvers keep calling `model(x, t)` and times the
+model. It does no finiteness work per call: the run checks each batch's final samples once, and a
+non-finite batch is replayed (samples depend only on (seed, i)) with ``trace=True``, which keeps
+one reduction per call to name the step where NaN/Inf first appeared.
 """
 from __future__ import annotations
 
@@ -22,16 +23,17 @@ class BudgetExceeded(NfebenchError):
 
 
 class CountedDenoiser:
-    def __init__(self, model, budget: int | None, cond=None):
+    def __init__(self, model, budget: int | None, cond=None, trace: bool = False):
         self.model = model
         self.budget = budget
         self.cond = cond
         self.count = 0
         self.network_evals = 0
         self.times: list[float] = []
-        # NaN and Inf propagate through a sum, and one reduction costs a fraction of a solver step
-        # where per-element isfinite flags cost several steps. A finite float32 tensor whose sum
-        # overflows has entries near 1e38 / numel: a run already diverging there.
+        # trace: NaN and Inf propagate through a sum, so one device scalar per call (no host sync)
+        # finds the first bad call after the batch. A finite float32 tensor whose sum overflows has
+        # entries near 1e38 / numel: a run already diverging there.
+        self.trace = trace
         self._sums: list[torch.Tensor] = []
         self._host_s = 0.0
         self._events: list = []  # CUDA (start, end) pairs: read once, after the batch
@@ -57,7 +59,8 @@ class CountedDenoiser:
             start = time.perf_counter()
             out = self.model(x, t, self.cond if cond is None else cond)
             self._host_s += time.perf_counter() - start
-        self._sums.append(x.sum() + out.sum())
+        if self.trace:
+            self._sums.append(x.sum() + out.sum())
         return out
 
     @property
@@ -69,6 +72,8 @@ class CountedDenoiser:
 
     def first_nonfinite_call(self) -> int | None:
         """1-based index of the first call whose input or output was NaN/Inf (host sync: call after sampling)."""
+        if not self.trace:
+            raise RuntimeError("first_nonfinite_call needs a counter made with trace=True")
         if not self._sums:
             return None
         flags = torch.isfinite(torch.stack(self._sums)).cpu().tolist()

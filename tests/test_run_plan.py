@@ -88,11 +88,11 @@ def test_counter_flags_a_nonfinite_input_and_a_negative_infinity():
         def __call__(self, x, t, cond=None):
             return torch.zeros_like(x)
 
-    c = CountedDenoiser(Zero(), None)
+    c = CountedDenoiser(Zero(), None, trace=True)
     c(torch.ones(3), 0.9)
     c(torch.tensor([1.0, float("nan"), 2.0]), 0.5)
     assert c.first_nonfinite_call() == 2
-    c = CountedDenoiser(Zero(), None)
+    c = CountedDenoiser(Zero(), None, trace=True)
     c(torch.ones(3), 0.9)
     c(torch.ones(3), 0.8)
     assert c.first_nonfinite_call() is None and c.count == 2 and c.seconds > 0
@@ -109,3 +109,18 @@ def test_unknown_model_family_and_network_dtype_name_the_valid_ones():
 
     with pytest.raises(NfebenchError, match=r"^unknown model.network_dtype 'int8'; valid: float32, float16, bfloat16$"):
         network_dtype("int8")
+
+
+def test_an_untraced_counter_does_no_per_call_finiteness_work():
+    """The fast path: a run's counter keeps no reductions (the batch's final check and a traced replay
+    locate NaNs), so asking it for the first bad call is a programming error, not a silent None."""
+    class Half:
+        def __call__(self, x, t, cond=None):
+            return x * 0.5
+
+    c = CountedDenoiser(Half(), None)
+    for t in (0.9, 0.5):
+        c(torch.tensor([1.0, float("nan")]), t)
+    assert c._sums == [] and c.count == 2
+    with pytest.raises(RuntimeError, match="trace=True"):
+        c.first_nonfinite_call()

@@ -112,7 +112,7 @@ def test_counter_flags_the_first_nonfinite_call():
         def __call__(self, x, t, cond=None):
             return x / 0.0 if t < 0.5 else x
 
-    c = CountedDenoiser(Blows(), None)
+    c = CountedDenoiser(Blows(), None, trace=True)
     for t in (0.9, 0.7, 0.4, 0.2):
         c(torch.ones(2, dtype=torch.float64), t)
     assert c.first_nonfinite_call() == 3
