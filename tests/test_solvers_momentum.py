@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from common.errors import NfebenchError
+from models.counter import BudgetExceeded
+from sampling.registry import get_solver
 from helpers import gaussian, launch, solve
 from sampling.solvers.momentum import mixer_weights, split_order
 
@@ -57,6 +59,35 @@ def test_beta_one_is_plain_adams_bashforth(m):
     if m == 1:
         x, y = _pair(("hb", {"order": 1}), ("ddim", {}), grid="time_uniform")
         assert torch.allclose(x, y, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("solver", ["hb", "ghvb"])
+@pytest.mark.parametrize("m,method", [(4, "plms"), (2, "s_pndm")])
+def test_pseudo_heun_warmup_at_beta_one_is_pndm(solver, m, method):
+    """warmup=pseudo_heun, order 4 / 2: pndm's plms / s_pndm, same NFE (steps + 1); to ~1e-14 because pndm
+    writes DDIM's transfer as c_x x + c_e e with its own host coefficients (measured max 2.2e-14)."""
+    for grid in ("time_uniform", "logsnr"):
+        x, _, _, ca = solve(gaussian(), solver, 9, grid=grid, n=4, order=m, warmup="pseudo_heun")
+        y, _, _, cb = solve(gaussian(), "pndm", 9, grid=grid, n=4, method=method)
+        assert torch.allclose(x, y, rtol=0, atol=1e-13) and ca.count == cb.count == 10
+
+
+@pytest.mark.parametrize("solver,opts", [("hb", {}), ("ghvb", {"warmup": "pseudo_heun"}),
+                                         ("hb", {"order": 2.5, "warmup": "pseudo_heun"}), ("hb_dpmpp", {})])
+def test_nfe_accounting(solver, opts):
+    spec = get_solver(solver)
+    for nfe in range(spec.min_nfe(**opts), 20):
+        steps = spec.steps(nfe, **opts)
+        assert steps >= 1 and spec.cost(steps, **opts) <= nfe < spec.cost(steps + 1, **opts)
+    for steps in (1, 2, 5):
+        budget = spec.cost(steps, **opts)
+        x, _, _, counter = solve(gaussian(), solver, steps, n=2, budget=budget, **opts)
+        assert counter.count == budget and torch.isfinite(x).all()
+        with pytest.raises(BudgetExceeded):
+            solve(gaussian(), solver, steps, n=2, budget=budget - 1, **opts)
+    if solver != "hb_dpmpp":
+        with pytest.raises(NfebenchError, match="warmup"):
+            solve(gaussian(), solver, 3, warmup="rk4")
 
 
 # --- transcriptions of sWizad/momentum-diffusion stable_diffusion/diffusion/momentum_scheduler.py ----------
@@ -218,11 +249,12 @@ def test_golden(key):
 
 
 def test_launch_records_nfe_and_refuses_bad_orders(tmp_path):
-    r = launch("model=digits", "solver=ghvb", "nfe=10", "num_samples=16", "batch_size=16", "metrics=none",
-               f"hydra.run.dir={tmp_path}")
+    r = launch("model=digits", "solver=ghvb", "solver.warmup=pseudo_heun", "nfe=10", "num_samples=16",
+               "batch_size=16", "metrics=none", f"hydra.run.dir={tmp_path}")
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "record.json").read_text())
-    assert rec["nfe"]["counted"] == rec["nfe"]["requested"] == 10 and rec["solver"]["options"] == {"order": 3.8}
+    assert rec["nfe"]["counted"] == rec["nfe"]["requested"] == 10 and rec["solver"]["steps"] == 9
+    assert rec["solver"]["options"] == {"order": 3.8, "warmup": "pseudo_heun"}
     bad = launch("model=digits", "solver=hb_dpmpp", "solver.order=3.8", "num_samples=4", f"hydra.run.dir={tmp_path}/b")
     assert bad.returncode == 2 and bad.stderr.startswith("nfebench: error:") and bad.stderr.count("\n") == 1
     assert "momentum order" in bad.stderr and not (tmp_path / "b" / "record.json").exists()

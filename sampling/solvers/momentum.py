@@ -12,7 +12,9 @@ written here on x itself: x_{k+1} = alpha_{k+1}/alpha_k x_k + S_k d_k with S_k =
   v's divided by beta (the reference's AdamBmixer), which is AB_m at beta = 1.
 
 ``order`` as in the paper: 3.8 is AB4 (m = 4) with beta = 0.8; an integer m means beta = 1. Warm-up uses lower
-orders (m_k = min(m, k + 1)), so NFE = steps; v starts at the first step's d.
+orders (m_k = min(m, k + 1)), so NFE = steps; v starts at the first step's d. ``warmup: pseudo_heun`` (hb, ghvb)
+instead takes PNDM's first PLMS step, the mean slope of a DDIM step's two ends (one extra call, NFE = steps + 1;
+later steps still combine only the grid-point eps), so that order 4 / 2 at beta = 1 is pndm's plms / s_pndm.
 
 HB runs on u_k = S_k v_k, the velocity in x units: u_k = (1 - beta) S_k/S_{k-1} u_{k-1} + beta S_k d_k, and
 x_{k+1} = keep_k x_k + [beta S_k d_k + (1 - beta) S_k/S_{k-1} u_{k-1}] -- one weighted sum over the same model
@@ -59,6 +61,27 @@ def _eps_steps(g, m):
             [min(m, k + 1) for k in range(n)])
 
 
+WARMUPS = ("ab", "pseudo_heun")
+
+
+def _warmup(warmup):
+    return None if check_choice("momentum warmup", warmup, WARMUPS) == "ab" else _pseudo_heun
+
+
+def _pseudo_heun(model, x, g, e1, keep, s):
+    """PNDM's first PLMS step: the mean of the slopes at both ends of the DDIM step (one extra call)."""
+    e2 = predict("eps", model, combine(keep, x, (s,), (e1,)), g.t[1], g.alpha[1], g.sigma[1])
+    return e1.add(e2).mul_(0.5)
+
+
+def _cost(steps, warmup="ab", **_):
+    return steps + int(check_choice("momentum warmup", warmup, WARMUPS) != "ab")
+
+
+def _steps(nfe, warmup="ab", **_):
+    return nfe - _cost(0, warmup)
+
+
 def _with_momentum(beta, keeps, scales, weights, on):
     """Per step (keep, weights on the predictions, weight on u_{k-1}); on[k]: HB acts at step k."""
     plan = []
@@ -68,23 +91,26 @@ def _with_momentum(beta, keeps, scales, weights, on):
     return plan
 
 
-def _run_hb(form, model, x, g, plan):
+def _run_hb(form, model, x, g, plan, first=None):
     history, u = deque(maxlen=max(len(w) for _, w, _ in plan)), x
     for k, (keep, w, c_u) in enumerate(plan):
         history.appendleft(predict(form, model, x, g.t[k], g.alpha[k], g.sigma[k]))
         preds = list(history)[: len(w)]
+        if k == 0 and first is not None:  # w = (S_0,) on the first step
+            preds = [first(model, x, g, preds[0], keep, w[0])]
         x, u = combine(keep, x, (*w, c_u), [*preds, u]), combine(c_u, u, w, preds)
     return x
 
 
-@register_solver("hb")
-def sample_hb(model, x, ts, noise, rng=None, order: float = 3.8):
+@register_solver("hb", steps=_steps, cost=_cost)
+def sample_hb(model, x, ts, noise, rng=None, order: float = 3.8, warmup="ab"):
     m, beta = split_order(order)
+    first = _warmup(warmup)
     g = grid_coeffs(noise, ts)
     steps, orders = _eps_steps(g, m)
     w = [tuple(s * c for c in mixer_weights(o, 1.0)) for (_, s), o in zip(steps, orders)]
     on = [k > 0 for k in range(len(steps))]
-    return _run_hb("eps", model, x, g, _with_momentum(beta, *zip(*steps), w, on))
+    return _run_hb("eps", model, x, g, _with_momentum(beta, *zip(*steps), w, on), first)
 
 
 @register_solver("hb_dpmpp")
@@ -102,14 +128,16 @@ def sample_hb_dpmpp(model, x, ts, noise, rng=None, order: float = 1.8, lower_ord
     return _run_hb("data", model, x, g, _with_momentum(beta, keeps, E1, w, on))
 
 
-@register_solver("ghvb")
-def sample_ghvb(model, x, ts, noise, rng=None, order: float = 3.8):
+@register_solver("ghvb", steps=_steps, cost=_cost)
+def sample_ghvb(model, x, ts, noise, rng=None, order: float = 3.8, warmup="ab"):
     m, beta = split_order(order)
+    first = _warmup(warmup)
     g = grid_coeffs(noise, ts)
     steps, orders = _eps_steps(g, m)
     vs = deque(maxlen=m)  # newest first
     for k, ((keep, s), o) in enumerate(zip(steps, orders)):
         eps = predict("eps", model, x, g.t[k], g.alpha[k], g.sigma[k])
         vs.appendleft(eps if not vs else vs[0].mul(1 - beta).add_(eps, alpha=beta))
-        x = combine(keep, x, tuple(s * c for c in mixer_weights(o, beta)), vs)
+        slopes = [first(model, x, g, vs[0], keep, s)] if k == 0 and first is not None else vs
+        x = combine(keep, x, tuple(s * c for c in mixer_weights(o, beta)), slopes)
     return x
