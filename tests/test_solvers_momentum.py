@@ -255,6 +255,7 @@ def test_launch_records_nfe_and_refuses_bad_orders(tmp_path):
     rec = json.loads((tmp_path / "record.json").read_text())
     assert rec["nfe"]["counted"] == rec["nfe"]["requested"] == 10 and rec["solver"]["steps"] == 9
     assert rec["solver"]["options"] == {"order": 3.8, "warmup": "pseudo_heun"}
+    assert (rec["solver"]["ab_order"], rec["solver"]["beta"]) == (4, 0.8), rec["solver"]
     bad = launch("model=digits", "solver=hb_dpmpp", "solver.order=3.8", "num_samples=4", f"hydra.run.dir={tmp_path}/b")
     assert bad.returncode == 2 and bad.stderr.startswith("nfebench: error:") and bad.stderr.count("\n") == 1
     assert "momentum order" in bad.stderr and not (tmp_path / "b" / "record.json").exists()

@@ -31,7 +31,7 @@ from ..registry import register_solver
 from .expint import phi, predict
 from .grid import grid_coeffs
 from .multistep import combine, on_predictions
-from .orders import multistep_orders
+from .orders import describe_multistep, multistep_orders
 
 # AdamBmixer's numerators: (coefficient, coefficient of b) on eps_k, eps_{k-1}, ... over the denominator
 _MIXER = {1: (1, ((0, 1),)), 2: (2, ((2, 1), (-2, 1))), 3: (12, ((18, 5), (-24, 8), (6, -1))),
@@ -82,6 +82,16 @@ def _steps(nfe, warmup="ab", **_):
     return nfe - _cost(0, warmup)
 
 
+def _describe(steps, order=3.8, warmup="ab", **_):
+    m, beta = split_order(order)
+    return {"ab_order": m, "beta": beta, "step_orders": [min(m, k + 1) for k in range(steps)], "warmup": warmup}
+
+
+def _describe_dpmpp(steps, order=1.8, lower_order_final="below_10", **_):
+    m, beta = split_order(order, max_order=2)
+    return {"beta": beta, **describe_multistep(steps, m, lower_order_final)}
+
+
 def _with_momentum(beta, keeps, scales, weights, on):
     """Per step (keep, weights on the predictions, weight on u_{k-1}); on[k]: HB acts at step k."""
     plan = []
@@ -102,7 +112,7 @@ def _run_hb(form, model, x, g, plan, first=None):
     return x
 
 
-@register_solver("hb", steps=_steps, cost=_cost)
+@register_solver("hb", steps=_steps, cost=_cost, describe=_describe)
 def sample_hb(model, x, ts, noise, rng=None, order: float = 3.8, warmup="ab"):
     m, beta = split_order(order)
     first = _warmup(warmup)
@@ -113,7 +123,7 @@ def sample_hb(model, x, ts, noise, rng=None, order: float = 3.8, warmup="ab"):
     return _run_hb("eps", model, x, g, _with_momentum(beta, *zip(*steps), w, on), first)
 
 
-@register_solver("hb_dpmpp")
+@register_solver("hb_dpmpp", describe=_describe_dpmpp)
 def sample_hb_dpmpp(model, x, ts, noise, rng=None, order: float = 1.8, lower_order_final="below_10"):
     m, beta = split_order(order, max_order=2)
     g = grid_coeffs(noise, ts)
@@ -128,7 +138,7 @@ def sample_hb_dpmpp(model, x, ts, noise, rng=None, order: float = 1.8, lower_ord
     return _run_hb("data", model, x, g, _with_momentum(beta, keeps, E1, w, on))
 
 
-@register_solver("ghvb", steps=_steps, cost=_cost)
+@register_solver("ghvb", steps=_steps, cost=_cost, describe=_describe)
 def sample_ghvb(model, x, ts, noise, rng=None, order: float = 3.8, warmup="ab"):
     m, beta = split_order(order)
     first = _warmup(warmup)
