@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from common.errors import NfebenchError
+from common.registry import check_choice
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXIT_BAD_INPUT = 2
@@ -64,8 +65,7 @@ def check_overrides(argv: list[str]) -> None:
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else None
         if o.key_or_group in groups:
             for v in values or [o.get_value_element_as_str()]:
-                if v not in groups[o.key_or_group]:
-                    raise NfebenchError(f"unknown {o.key_or_group} '{v}'; valid: {', '.join(groups[o.key_or_group])}")
+                check_choice(o.key_or_group, v, groups[o.key_or_group])
         if values:
             prefix = o.input_line[: o.input_line.index(o.key_or_group)]
             single.append(f"{prefix}{o.key_or_group}={values[0]}")

@@ -21,7 +21,7 @@ def plan_run(cfg: dict) -> dict:
     """The cost of one run from its resolved config alone (solver registry and grid rules, no model)."""
     from sampling.registry import get_solver
 
-    from .run import _check_solver_options, _final_denoise_cost, _positive_int, grid_config
+    from .run import _check_solver_options, _final_denoise_cost, _positive_int, budget, grid_config
 
     nfe = _positive_int(cfg, "nfe")
     samples = _positive_int(cfg, "num_samples")
@@ -30,15 +30,7 @@ def plan_run(cfg: dict) -> dict:
     _check_solver_options(spec, opts, nfe)
     schedule = grid_config(cfg)
     extra = _final_denoise_cost(cfg)
-    if schedule.get("name") == "explicit":
-        steps = len(schedule.get("ts") or ()) - 1
-    else:
-        steps = spec.steps(nfe - extra, **opts)
-    if steps < 1:
-        raise NfebenchError(f"nfe={nfe} is below the minimum of solver '{spec.name}' ({spec.min_nfe(**opts)} NFE)")
-    counted = spec.cost(steps, **opts) + extra
-    if counted > nfe:
-        raise NfebenchError(f"solver '{spec.name}' needs {counted} NFE for {steps} steps but the budget is nfe={nfe}")
+    steps, counted = budget(cfg, spec, opts)
     per_nfe = EVALS_PER_NFE.get(cfg["model"].get("family"), 1)
     return {"model": cfg["model"].get("name"), "solver": spec.name, "options": opts, "schedule": schedule.get("name"),
             "nfe": nfe, "counted": counted, "steps": steps, **paper_count(cfg, steps + extra, counted), "samples": samples,

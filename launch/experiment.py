@@ -34,10 +34,9 @@ def paper_count(cfg: dict, steps: int, counted: int) -> dict:
     conv = (cfg.get("experiment") or {}).get("nfe_convention")
     if conv is None:
         return {}
-    from common.errors import NfebenchError
+    from common.registry import check_choice
 
-    if conv not in CONVENTIONS:
-        raise NfebenchError(f"unknown experiment.nfe_convention '{conv}'; valid: {', '.join(CONVENTIONS)}")
+    check_choice("experiment.nfe_convention", conv, CONVENTIONS)
     return {"paper": {"convention": conv, "value": CONVENTIONS[conv](steps, counted)}}
 
 

@@ -1,4 +1,4 @@
-"""One run: config -> model -> solver -> metrics -> record.
+"""One run, as one straight story: plan -> metric suite -> model -> sample every batch -> record.
 
 Every failure a user can cause is an NfebenchError raised before the record is written, so a
 failed run never leaves a record behind.
@@ -9,9 +9,12 @@ import inspect
 import io
 import math
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from launch.samples import sample_writer
@@ -20,15 +23,20 @@ from models.counter import CountedDenoiser
 from models.registry import build_model
 from models.thresholding import Thresholded
 from common.errors import NfebenchError
+from common.registry import check_choice
 from sampling.registry import get_solver
 from sampling.schedules import make_noise_schedule
-from sampling.seeds import SampleNoise
-from sampling.timesteps import final_step, make_grid
+from sampling.seeds import SampleNoise, sample_seeds
+from sampling.timesteps import final_step, fixed_steps, make_grid
 
 from . import validate
 from .experiment import paper_count
 from .records import RECORD_NAME, STATE_NAME, config_hash, git_state, versions
 from common.files import atomic_write_bytes, atomic_write_json, npz_bytes
+
+if TYPE_CHECKING:
+    from sampling.registry import SolverSpec
+    from sampling.schedules import NoiseSchedule
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -40,52 +48,94 @@ def _positive_int(cfg, key, minimum=1):
     return v
 
 
-def check(cfg: dict):
-    """Every check that needs no model: (solver spec, solver options, dtype). Raises on bad input."""
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before the model loads: solver, options, dtype, grid and what it costs."""
+
+    spec: SolverSpec
+    solver_opts: dict
+    dtype: torch.dtype
+    noise: NoiseSchedule  # the model config's schedule; the grid lies on it
+    ts: np.ndarray
+    final_x0: bool  # one more counted evaluation replaces x at the last grid point by the model's x0
+
+    @property
+    def steps(self) -> int:
+        return len(self.ts) - 1
+
+    @property
+    def cost(self) -> int:
+        return self.spec.cost(self.steps, **self.solver_opts) + self.final_x0
+
+
+@dataclass(frozen=True)
+class SampleStats:
+    """What the batch loop measured."""
+
+    counted: int  # NFE per batch, the same for every batch
+    network_evals: int  # network batch evaluations per batch (a guided model's doubled batch counts 2)
+    model_s: float  # inside model calls
+    sample_s: float  # the batch loop: RNG, solver, counter and model (not decoding, not metrics)
+    decode_s: float  # latent models' decoder, after sampling (not an NFE)
+
+
+def plan(cfg: dict) -> Plan:
+    """Every check and decision that needs no model (so no checkpoint loads). Raises on bad input."""
     nfe = _positive_int(cfg, "nfe")
     _positive_int(cfg, "num_samples")
     _positive_int(cfg, "batch_size")
     _positive_int(cfg, "seed", 0)
     _positive_int(cfg, "sample_offset", 0)
     model_cfg = dict(cfg["model"])
-    dtype_name = cfg.get("dtype") or model_cfg.get("dtype", "float32")
-    if dtype_name not in DTYPES:
-        raise NfebenchError(f"dtype must be one of {', '.join(DTYPES)}; got '{dtype_name}'")
-    # Solver options first: a typo must not wait for a large checkpoint to load.
+    dtype = DTYPES[check_choice("dtype", cfg.get("dtype") or model_cfg.get("dtype", "float32"), DTYPES)]
+    # Solver options first: a typo must not wait for anything slower.
     solver_opts = dict(cfg["solver"])
     spec = get_solver(solver_opts.pop("name", None))
     validate.check_solver_options(spec.name, spec.fn, solver_opts)
     _check_solver_options(spec, solver_opts, nfe)
-    grid_opts = dict(cfg["schedule"])
-    validate.check_schedule_options(grid_opts)
-    if model_cfg.get("noise_schedule"):
-        validate.check_t_end(cfg.get("t_end"), float(make_noise_schedule(**dict(model_cfg["noise_schedule"])).T))
-    validate.checkpoint_files(model_cfg)
-    return spec, solver_opts, DTYPES[dtype_name]
+    validate.check_schedule_options(dict(cfg["schedule"]))
+    noise = make_noise_schedule(**dict(model_cfg["noise_schedule"]))
+    validate.check_t_end(cfg.get("t_end"), float(noise.T))
+    steps, _ = budget(cfg, spec, solver_opts)
+    grid_opts = grid_config(cfg)
+    ts = make_grid(noise, steps, grid_opts.pop("name", None), t_end=cfg.get("t_end"), **grid_opts)
+    return Plan(spec, solver_opts, dtype, noise, ts, bool(_final_denoise_cost(cfg)))
 
 
-def plan(cfg: dict, checked=None):
-    """Everything decided before sampling: model, solver, options, grid. Raises on bad input."""
-    spec, solver_opts, dtype = checked or check(cfg)
-    nfe = cfg["nfe"]
-    model_cfg = dict(cfg["model"])
-    model_cfg.pop("dtype", None)
+def budget(cfg: dict, spec, solver_opts: dict) -> tuple[int, int]:
+    """(steps, counted NFE) of a run: what the solver's NFE rule fits in the budget, or what an
+    explicit grid fixes; raises when that does not fit in `nfe`."""
+    nfe, extra = cfg["nfe"], _final_denoise_cost(cfg)
+    grid_opts = grid_config(cfg)
+    steps = fixed_steps(grid_opts.get("name"), grid_opts)
+    if steps is None:
+        steps = spec.steps(nfe - extra, **solver_opts)
+        if steps < 1:
+            raise NfebenchError(f"nfe={nfe} is below the minimum of solver '{spec.name}' "
+                                f"({spec.min_nfe(**solver_opts)} NFE)")
+    cost = spec.cost(steps, **solver_opts) + extra
+    if cost > nfe:
+        raise NfebenchError(f"solver '{spec.name}' needs {cost} NFE for {steps} steps but the budget is nfe={nfe}")
+    return steps, cost
+
+
+def load_model(cfg: dict):
+    """The model config's denoiser (checkpoint and data loading happen here), thresholded if asked."""
+    model_cfg = {k: v for k, v in cfg["model"].items() if k != "dtype"}
     model = build_model(model_cfg)
     if cfg.get("dynamic_thresholding", {}).get("enabled"):
         model = Thresholded(model, **{k: v for k, v in cfg["dynamic_thresholding"].items() if k != "enabled"})
-    grid_opts = grid_config(cfg)
-    grid_name = grid_opts.pop("name", None)
-    if grid_name == "explicit":
-        steps = len(grid_opts.get("ts") or ()) - 1
-    else:
-        steps = spec.steps(nfe - _final_denoise_cost(cfg), **solver_opts)
-        if steps < 1:
-            raise NfebenchError(f"nfe={nfe} is below the minimum of solver '{spec.name}' ({spec.min_nfe(**solver_opts)} NFE)")
-    ts = make_grid(model.noise, steps, grid_name, t_end=cfg.get("t_end"), **grid_opts)
-    cost = spec.cost(steps, **solver_opts) + _final_denoise_cost(cfg)
-    if cost > nfe:
-        raise NfebenchError(f"solver '{spec.name}' needs {cost} NFE for {steps} steps but the budget is nfe={nfe}")
-    return model, spec, solver_opts, ts, dtype
+    return model
+
+
+def suite_needs_model(cfg: dict) -> bool:
+    """FID suites score images against reference statistics and `none` scores nothing; the others
+    (exact, digits_fd) ask the model."""
+    return metrics_config(cfg).get("name") not in (*FID_SUITES, "none")
+
+
+def metric_suite(cfg: dict, p: Plan, model=None):
+    return build_metrics(metrics_config(cfg), model, float(p.ts[0]), float(p.ts[-1]))
 
 
 def _check_solver_options(spec, opts: dict, nfe: int) -> None:
@@ -133,43 +183,51 @@ def _progress(batches, desc: str, **kw):
     return tqdm(batches, desc=desc, disable=None, leave=False, dynamic_ncols=True, **kw)
 
 
-def sample_batches(cfg: dict, model, spec, solver_opts, ts, dtype, device, on_batch, stats: dict | None = None):
+def sample_batch(cfg: dict, p: Plan, model, idx, device, seeds=None):
+    """(samples, initial noise, counter) of the samples in idx; everything random comes from (seed, i).
+
+    seeds: the indices' generator seeds (sampling.seeds.sample_seeds), if already computed."""
+    rng = SampleNoise(cfg["seed"], idx, model.shape, dtype=p.dtype, device=device, seeds=seeds)
+    x_start = float(model.noise.sigma(p.ts[0])) * rng.draw()
+    # Per-sample conditioning (class labels) depends on (seed, i) only; the counter binds it.
+    cond = model.conditions(cfg["seed"], idx) if hasattr(model, "conditions") else None
+    counter = CountedDenoiser(model, budget=cfg["nfe"], cond=cond)
+    with torch.no_grad():
+        x = p.spec.fn(counter, x_start, p.ts, model.noise, rng, **p.solver_opts)
+        if p.final_x0:
+            t = float(p.ts[-1])
+            x = p.spec.final(counter, x, t, **p.solver_opts) if p.spec.final else counter(x, t)
+    return x, x_start, counter
+
+
+def sample_batches(cfg: dict, p: Plan, model, device, on_batch) -> SampleStats:
     """Run the solver over all sample indices; on_batch(samples, x_start, indices) sees each batch.
 
     Latent models' samples are decoded (model.decode) before on_batch; decoding is not an NFE.
-    `stats`, if given, receives network_evals (network batch evaluations per batch) and decode_s.
     """
-    noise, nfe = model.noise, cfg["nfe"]
     first, n, bs = cfg["sample_offset"], cfg["num_samples"], cfg["batch_size"]
-    sigma_start = float(noise.sigma(ts[0]))
-    counted, model_s = set(), 0.0
-    evals, decode_s = set(), 0.0
-    for lo in _progress(range(first, first + n, bs), "sampling", unit="batch"):
-        idx = range(lo, min(lo + bs, first + n))
-        rng = SampleNoise(cfg["seed"], idx, model.shape, dtype=dtype, device=device)
-        x_start = sigma_start * rng.draw()
-        # Per-sample conditioning (class labels) depends on (seed, i) only; the counter binds it.
-        cond = model.conditions(cfg["seed"], idx) if hasattr(model, "conditions") else None
-        counter = CountedDenoiser(model, budget=nfe, cond=cond)
-        with torch.no_grad():
-            x = spec.fn(counter, x_start, ts, noise, rng, **solver_opts)
-            if _final_denoise_cost(cfg):
-                x = spec.final(counter, x, float(ts[-1]), **solver_opts) if spec.final else counter(x, float(ts[-1]))
-        if not bool(torch.isfinite(x).all()):
+    counted, evals = set(), set()
+    start = time.perf_counter()
+    seeds = sample_seeds(cfg["seed"], range(first, first + n))  # one vectorised call for the whole run
+    model_s, sample_s, decode_s = 0.0, time.perf_counter() - start, 0.0
+    for lo in _progress(range(0, n, bs), "sampling", unit="batch"):
+        idx = range(first + lo, first + min(lo + bs, n))
+        start = time.perf_counter()
+        x, x_start, counter = sample_batch(cfg, p, model, idx, device, seeds[lo: lo + bs])
+        if not bool(torch.isfinite(x).all()):  # the loop's one host sync per batch
             raise NfebenchError(_nonfinite_message(counter))
+        sample_s += time.perf_counter() - start
         counted.add(counter.count)
         evals.add(counter.network_evals)
         model_s += counter.seconds
         if hasattr(model, "decode"):
-            t_dec = time.perf_counter()
+            start = time.perf_counter()
             x = model.decode(x)
-            decode_s += time.perf_counter() - t_dec
+            decode_s += time.perf_counter() - start
         on_batch(x, x_start, idx)
     if len(counted) != 1:
         raise NfebenchError(f"solver spent a different number of model evaluations per batch: {sorted(counted)}")
-    if stats is not None:
-        stats.update(network_evals=max(evals), decode_s=decode_s)
-    return counted.pop(), model_s
+    return SampleStats(counted.pop(), max(evals), model_s, sample_s, decode_s)
 
 
 def _png_grid(images: torch.Tensor) -> bytes:
@@ -202,68 +260,77 @@ def _png_grid(images: torch.Tensor) -> bytes:
 def run_experiment(cfg: dict, out_dir: Path) -> dict:
     """cfg is the resolved config as a plain dict; returns the record written to out_dir."""
     t0 = time.perf_counter()
-    checked = check(cfg)
+    p = plan(cfg)
+    validate.checkpoint_files(cfg["model"])  # a missing checkpoint file fails before anything loads
     device = validate.check_device(cfg.get("device"))
-    mcfg = metrics_config(cfg)
     # FID suites need no model: their extractor weights and reference statistics are found (or
     # missing) before a checkpoint spends seconds to minutes loading
-    suite = build_metrics(mcfg, None, None, None) if mcfg.get("name") in FID_SUITES else None
-    model, spec, solver_opts, ts, dtype = plan(cfg, checked)
-    if suite is None:
-        suite = build_metrics(mcfg, model, float(ts[0]), float(ts[-1]))
+    suite = None if suite_needs_model(cfg) else metric_suite(cfg, p)
+    model = load_model(cfg)
+    suite = suite or metric_suite(cfg, p, model)
     save = sample_writer(cfg.get("save_samples"), out_dir)
-    keep = []
+    shown, n_shown = [], cfg.get("grid_images", 64)
 
     def on_batch(x, x_start, idx):
         suite.update(x, x_start, indices=idx)
         if save:
             save(x, idx)
-        if sum(len(k) for k in keep) < cfg.get("grid_images", 64):
-            keep.append(x[: cfg.get("grid_images", 64)].cpu())
+        if sum(len(k) for k in shown) < n_shown:
+            shown.append(x[:n_shown].cpu())
 
-    stats = {}
+    load_s = time.perf_counter() - t0
     try:
-        counted, model_s = sample_batches(cfg, model, spec, solver_opts, ts, dtype, device, on_batch, stats)
+        stats = sample_batches(cfg, p, model, device, on_batch)
         results = suite.result()
     except BaseException:
         if save:
             save.discard()
         raise
-    total_s = time.perf_counter() - t0
-    steps = len(ts) - 1
-    first = cfg["sample_offset"]
-    record = {
-        "status": "complete",
-        "created_at": datetime.now(timezone.utc).isoformat(),
-        "config": cfg,
-        "config_hash": config_hash(cfg),
-        "model": {"name": cfg["model"].get("name"), **model.describe()},
-        "solver": {"name": spec.name, "options": solver_opts, "steps": steps,
-                   **(spec.describe(steps, **solver_opts) if spec.describe else {})},
-        "schedule": {**grid_config(cfg), "final_x0_step": bool(_final_denoise_cost(cfg)), "t_grid": [float(t) for t in ts],
-                     "edm_sigma_grid": [float(s) for s in model.noise.edm_sigma(ts)]},
-        "nfe": {"requested": cfg["nfe"], "counted": counted, "network_evals": stats["network_evals"],
-                **paper_count(cfg, steps + _final_denoise_cost(cfg), counted)},
-        "metrics": results,
-        "metrics_protocol": {**suite.protocol(), "denoise_to_zero": bool(_final_denoise_cost(cfg)),
-                             "seed": cfg["seed"], "index_range": [first, first + cfg["num_samples"]],
-                             "save_samples": cfg.get("save_samples") or False},
-        "samples": {"num_samples": cfg["num_samples"], "seed": cfg["seed"], "index_range": [first, first + cfg["num_samples"]],
-                    "batch_size": cfg["batch_size"], "dtype": str(dtype).replace("torch.", ""), "device": str(device)},
-        "timing": {"total_s": total_s, "model_s": model_s, "decode_s": stats["decode_s"],
-                   "rest_s": total_s - model_s - stats["decode_s"]},
-        "versions": versions(),
-        "git": git_state(),
-    }
+    timing = {"total_s": time.perf_counter() - t0, "load_s": load_s}
+    record = build_record(cfg, p, model, device, stats, results, suite.protocol(), timing)
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / STATE_NAME, npz_bytes(suite.state()))
     if save:
         save.commit()
-    if keep:
-        atomic_write_bytes(out_dir / "samples.png", _png_grid(torch.cat(keep)[: cfg.get("grid_images", 64)]))
+    if shown:
+        atomic_write_bytes(out_dir / "samples.png", _png_grid(torch.cat(shown)[:n_shown]))
     atomic_write_json(out_dir / RECORD_NAME, record)
     return record
+
+
+def build_record(cfg: dict, p: Plan, model, device, stats: SampleStats, results: dict, protocol: dict,
+                 timing: dict) -> dict:
+    """The run record: what ran (config, model, solver, grid), what it cost, what it scored."""
+    first, n = cfg["sample_offset"], cfg["num_samples"]
+    total_s = timing["total_s"]
+    return {
+        "status": "complete",
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "config": cfg,
+        "config_hash": config_hash(cfg),
+        "model": {"name": cfg["model"].get("name"), **model.describe()},
+        "solver": {"name": p.spec.name, "options": p.solver_opts, "steps": p.steps,
+                   **(p.spec.describe(p.steps, **p.solver_opts) if p.spec.describe else {})},
+        "schedule": {**grid_config(cfg), "final_x0_step": p.final_x0, "t_grid": [float(t) for t in p.ts],
+                     "edm_sigma_grid": [float(s) for s in model.noise.edm_sigma(p.ts)]},
+        "nfe": {"requested": cfg["nfe"], "counted": stats.counted, "network_evals": stats.network_evals,
+                **paper_count(cfg, p.steps + p.final_x0, stats.counted)},
+        "metrics": results,
+        "metrics_protocol": {**protocol, "denoise_to_zero": p.final_x0, "seed": cfg["seed"],
+                             "index_range": [first, first + n], "save_samples": cfg.get("save_samples") or False},
+        "samples": {"num_samples": n, "seed": cfg["seed"], "index_range": [first, first + n],
+                    "batch_size": cfg["batch_size"], "dtype": str(p.dtype).replace("torch.", ""),
+                    "device": str(device)},
+        # load_s: imports, checkpoint and data before the first sample; sample_s: the batch loop, of
+        # which model_s is inside the model; rest_s: everything but the model and the decoder.
+        "timing": {"total_s": total_s, "load_s": timing["load_s"], "sample_s": stats.sample_s,
+                   "model_s": stats.model_s, "decode_s": stats.decode_s,
+                   "rest_s": total_s - stats.model_s - stats.decode_s},
+        "versions": versions(),
+        "git": git_state(),
+    }
 
 
 def summary_line(rec: dict, out_dir) -> str:

@@ -9,16 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common.errors import NfebenchError
+from common.registry import check_choice
 
 MODES = ("disabled", "offline", "online")
 
 
 def check_mode(wandb_cfg: dict | None) -> str:
     mode = (wandb_cfg or {}).get("mode", "disabled")
-    if mode not in MODES:
-        raise NfebenchError(f"wandb.mode must be one of {', '.join(MODES)}; got '{mode}'")
-    return mode
+    return check_choice("wandb.mode", mode, MODES)
 
 
 def run_name(record: dict) -> str:

@@ -107,18 +107,18 @@ def checkpoint_files(model_cfg: dict) -> None:
     The components are the builder's `subfolder` / `*_subfolder` arguments, defaults included, so a
     family's list is its builder's signature.
     """
-    from models.registry import MODEL_FAMILIES, NOT_BUILD_KEYS
+    from importlib import import_module
+
+    from models.registry import FAMILIES, NOT_BUILD_KEYS
 
     family = model_cfg.get("family")
-    if family not in MODEL_FAMILIES or not family.startswith("diffusers_"):
+    if family not in FAMILIES or not family.startswith("diffusers_"):
         return
     from models import loaders
     from models.hf import locate
 
-    builder = getattr(loaders, {"diffusers_unet": "build_unet", "diffusers_ldm": "build_ldm",
-                                "diffusers_dit": "build_dit"}.get(family, ""), None)
-    if builder is None:
-        return
+    module, fn = FAMILIES.get(family).target
+    builder = getattr(import_module(module, "models"), fn)
     cfg = {k: v for k, v in model_cfg.items() if k not in NOT_BUILD_KEYS}
     src = loaders._source(cfg.get("repo_id"), cfg.get("path"), cfg.get("revision"), cfg.get("cache_dir"))
     for name, p in inspect.signature(builder).parameters.items():

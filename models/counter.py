@@ -5,8 +5,8 @@ batch at one noise level. A guided model's doubled batch (conditional + uncondit
 still one NFE; `network_evals` counts the network batch evaluations behind them. The counter
 enforces the budget (an overrun raises instead of silently spending more), binds the batch's
 per-sample conditioning (class labels) so that solvers keep calling `model(x, t)`, times the
-model, and keeps per-call finiteness flags as device tensors so that a NaN can be traced to
-its step without syncing inside the solver loop.
+model, and keeps one reduction per call (x.sum() + out.sum(), a device scalar) so that a NaN
+can be traced to its step without syncing inside the solver loop.
 """
 from __future__ import annotations
 
@@ -28,9 +28,13 @@ class CountedDenoiser:
         self.cond = cond
         self.count = 0
         self.network_evals = 0
-        self.seconds = 0.0
         self.times: list[float] = []
-        self._finite: list[torch.Tensor] = []
+        # NaN and Inf propagate through a sum, and one reduction costs a fraction of a solver step
+        # where per-element isfinite flags cost several steps. A finite float32 tensor whose sum
+        # overflows has entries near 1e38 / numel: a run already diverging there.
+        self._sums: list[torch.Tensor] = []
+        self._host_s = 0.0
+        self._events: list = []  # CUDA (start, end) pairs: read once, after the batch
 
     def __getattr__(self, name):
         # Solvers may read model attributes (noise schedule, shape); calls must come through here.
@@ -42,17 +46,30 @@ class CountedDenoiser:
         self.count += 1
         self.network_evals += getattr(self.model, "evals_per_call", 1)
         self.times.append(float(t))
-        start = time.perf_counter()
-        out = self.model(x, t, self.cond if cond is None else cond)
-        if out.is_cuda:
-            torch.cuda.synchronize(out.device)  # only so that model time is real time
-        self.seconds += time.perf_counter() - start
-        self._finite.append(torch.isfinite(x).all() & torch.isfinite(out).all())
+        if x.is_cuda:
+            # events time the kernels on the stream without making the host wait for them
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = self.model(x, t, self.cond if cond is None else cond)
+            end.record()
+            self._events.append((start, end))
+        else:
+            start = time.perf_counter()
+            out = self.model(x, t, self.cond if cond is None else cond)
+            self._host_s += time.perf_counter() - start
+        self._sums.append(x.sum() + out.sum())
         return out
+
+    @property
+    def seconds(self) -> float:
+        """Time inside model calls (on CUDA this waits for the last call to finish: read it after sampling)."""
+        if self._events:
+            self._events[-1][1].synchronize()
+        return self._host_s + sum(s.elapsed_time(e) for s, e in self._events) / 1000
 
     def first_nonfinite_call(self) -> int | None:
         """1-based index of the first call whose input or output was NaN/Inf (host sync: call after sampling)."""
-        if not self._finite:
+        if not self._sums:
             return None
-        flags = torch.stack(self._finite).cpu().tolist()
+        flags = torch.isfinite(torch.stack(self._sums)).cpu().tolist()
         return next((i + 1 for i, ok in enumerate(flags) if not ok), None)

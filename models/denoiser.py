@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from common.errors import NfebenchError
+from common.registry import check_choice
 
 
 def _x0_from_eps(out, x, a, s):
@@ -55,9 +55,7 @@ class Denoiser:
 
 
 def check_prediction(name: str) -> str:
-    if name not in TO_X0:
-        raise NfebenchError(f"unknown prediction type '{name}'; valid: {', '.join(TO_X0)}")
-    return name
+    return check_choice("prediction type", name, TO_X0)
 
 
 def dim(shape) -> int:

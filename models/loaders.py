@@ -35,7 +35,7 @@ def build_unet(noise, *, resolution, channels, prediction="eps", repo_id=None, p
     net = load_component("UNet2DModel", src, subfolder, dt)
     check_network(src.label(subfolder), net, {"sample_size": resolution, "in_channels": channels,
                                               "out_channels": channels * (2 if learned_sigma else 1)})
-    model = UNetDenoiser(noise, net, prediction, (channels, *_size2(resolution)), dt, P.time_input(time_input), src)
+    model = UNetDenoiser(noise, net, prediction, (channels, *P.size2(resolution)), dt, P.time_input(time_input), src)
     return _with_commits(model, src, unet=subfolder)
 
 
@@ -78,10 +78,6 @@ def build_dit(noise, *, latent_shape, image_shape, num_classes, guidance_scale, 
 def _with_commits(model, src, **subfolders):
     model.commits = {k: c for k, sub in subfolders.items() if (c := snapshot_commit(src, sub))}
     return model
-
-
-def _size2(r):
-    return tuple(r) if isinstance(r, (list, tuple)) else (r, r)
 
 
 def _check_factor(label, ae, latent_hw, image_hw):

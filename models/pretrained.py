@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from common.errors import NfebenchError
+from common.registry import check_choice
 
 from .denoiser import Denoiser, check_prediction
 from .hf import Source
@@ -31,25 +32,22 @@ LABEL_STREAM = 0x1ABE1  # keeps class-label draws apart from the (seed, i) noise
 
 
 def network_dtype(name: str) -> torch.dtype:
-    if name not in NETWORK_DTYPES:
-        raise NfebenchError(f"model.network_dtype must be one of {', '.join(NETWORK_DTYPES)}; got '{name}'")
-    return NETWORK_DTYPES[name]
+    return NETWORK_DTYPES[check_choice("model.network_dtype", name, NETWORK_DTYPES)]
 
 
 def time_input(name: str):
-    if name not in TIME_INPUTS:
-        raise NfebenchError(f"model.time_input must be one of {', '.join(TIME_INPUTS)}; got '{name}'")
-    return TIME_INPUTS[name]
+    return TIME_INPUTS[check_choice("model.time_input", name, TIME_INPUTS)]
 
 
-def _size(v) -> tuple:
+def size2(v) -> tuple:
+    """(height, width) of a size given as one int (square) or as a pair."""
     return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
 
 
 def check_network(label: str, net, expect: dict) -> None:
     """The checkpoint's own config against what the model config says it should be."""
-    got = {k: (_size(net.config[k]) if k == "sample_size" else net.config[k]) for k in expect}
-    want = {k: (_size(v) if k == "sample_size" else v) for k, v in expect.items()}
+    got = {k: (size2(net.config[k]) if k == "sample_size" else net.config[k]) for k in expect}
+    want = {k: (size2(v) if k == "sample_size" else v) for k, v in expect.items()}
     bad = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
     if bad:
         diff = ", ".join(f"{k}={g} (model config expects {w})" for k, (g, w) in bad.items())

@@ -2,27 +2,20 @@
 from __future__ import annotations
 
 from common.errors import NfebenchError
+from common.registry import Registry
 from sampling.schedules import make_noise_schedule
 
-MODEL_FAMILIES: dict[str, callable] = {}
+FAMILIES = Registry("model family")
 
 
-def register_family(name):
-    def wrap(fn):
-        MODEL_FAMILIES[name] = fn
-        return fn
-
-    return wrap
-
-
-@register_family("gaussian")
+@FAMILIES.register("gaussian")
 def _gaussian(noise, shape=(3, 8, 8), var_min=1e-2, var_max=1.0, mean_scale=0.5, basis_seed=0, prediction="x0"):
     from .analytic import Gaussian
 
     return Gaussian(noise, tuple(shape), var_min, var_max, mean_scale, basis_seed, prediction)
 
 
-@register_family("digits")
+@FAMILIES.register("digits")
 def _digits(noise, std=0.1, prediction="x0", ode_rtol=1e-8):
     from .analytic import Digits
 
@@ -36,13 +29,14 @@ def _lazy(module, fn_name):
 
         return getattr(import_module(module, __package__), fn_name)(noise, **cfg)
 
+    build.target = (module, fn_name)
     return build
 
 
 for _family, (_module, _fn) in {"diffusers_unet": (".loaders", "build_unet"), "diffusers_ldm": (".loaders", "build_ldm"),
                                 "diffusers_dit": (".loaders", "build_dit"), "edm_pickle": (".edm", "build_edm"),
                                 "scoresde": (".scoresde", "build_scoresde")}.items():
-    register_family(_family)(_lazy(_module, _fn))
+    FAMILIES.register(_family, _lazy(_module, _fn))
 
 
 # Keys of a model config that describe how it is evaluated, not how it is built.
@@ -55,10 +49,9 @@ def build_model(cfg: dict):
     family = cfg.pop("family", None)
     for key in NOT_BUILD_KEYS:
         cfg.pop(key, None)
-    if family not in MODEL_FAMILIES:
-        raise NfebenchError(f"unknown model family '{family}'; valid: {', '.join(sorted(MODEL_FAMILIES))}")
+    builder = FAMILIES.get(family)
     noise = make_noise_schedule(**dict(cfg.pop("noise_schedule")))
     try:
-        return MODEL_FAMILIES[family](noise, **cfg)
+        return builder(noise, **cfg)
     except TypeError as e:
         raise NfebenchError(f"bad options for model family '{family}': {e}") from None

@@ -21,6 +21,7 @@ import zipfile
 import torch
 
 from common.errors import NfebenchError
+from common.registry import check_choice
 
 from .edm import EDMDenoiser, FileSource, check_shape
 from .edm.checkpoint import locate, sha256
@@ -130,8 +131,7 @@ def read_checkpoint(path) -> dict:
 
 def build_scoresde(noise, *, file, url=None, path=None, sde="vp", arch=None, resolution=None, channels=3,
                    network_dtype="float32", use_ema=True, sampler=None):
-    if sde not in PRECONDS:
-        raise NfebenchError(f"model.sde must be one of {', '.join(PRECONDS)}; got '{sde}'")
+    check_choice("model.sde", sde, PRECONDS)
     dt = parse_dtype(network_dtype)
     p = locate(file, url, path)
     arch = dict(arch or {})

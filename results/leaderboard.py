@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import io
 import json
 import os
 import subprocess

@@ -53,12 +53,11 @@ def check_ranges(shards: list[dict]) -> tuple[int, int]:
 
 def merged_suite(cfg: dict, shards: list[dict]):
     """A fresh metric suite of this config with every shard's state folded in."""
-    from launch.run import plan
-    from metrics.suites import build_metrics, metrics_config
+    from launch.run import load_model, metric_suite, plan, suite_needs_model
 
-    model, _, _, ts, _ = plan(cfg)
-    # built exactly as launch.run builds a run's suite, so the states fold into the same object
-    suite = build_metrics(metrics_config(cfg), model, float(ts[0]), float(ts[-1]))
+    # built exactly as launch.run builds a run's suite, so the states fold into the same object; the
+    # grid comes from the plan, and a checkpoint loads only for a suite that asks the model
+    suite = metric_suite(cfg, plan(cfg), load_model(cfg) if suite_needs_model(cfg) else None)
     for rec in shards:
         path = Path(rec["_path"]).parent / STATE_NAME
         if not path.exists():

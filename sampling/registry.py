@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from common.errors import NfebenchError
+from common.registry import Registry
 
 
 def _same(n, **_):
@@ -29,20 +29,21 @@ class SolverSpec:
         return self.cost(1, **options)
 
 
-SOLVERS: dict[str, SolverSpec] = {}
+def _load_solvers():
+    from . import solvers  # noqa: F401  (registers every solver module)
+
+
+SOLVERS = Registry("solver", load=_load_solvers)
 
 
 def register_solver(name, **spec):
+    """Registers the decorated ``sample_x`` function as ``name`` with its NFE rules (SolverSpec fields)."""
     def wrap(fn):
-        SOLVERS[name] = SolverSpec(name=name, fn=fn, **spec)
+        SOLVERS.register(name, SolverSpec(name=name, fn=fn, **spec))
         return fn
 
     return wrap
 
 
 def get_solver(name: str) -> SolverSpec:
-    from . import solvers  # noqa: F401  (registers every solver module)
-
-    if name not in SOLVERS:
-        raise NfebenchError(f"unknown solver '{name}'; valid: {', '.join(sorted(SOLVERS))}")
-    return SOLVERS[name]
+    return SOLVERS.get(name)

@@ -15,26 +15,26 @@ import math
 import numpy as np
 
 from common.errors import NfebenchError
+from common.registry import Registry, check_choice
 
-NOISE_SCHEDULES: dict[str, type] = {}
+NOISE_SCHEDULES = Registry("noise schedule")
 
 
 def register_noise(name):
     def wrap(cls):
         cls.name = name
-        NOISE_SCHEDULES[name] = cls
-        return cls
+        return NOISE_SCHEDULES.register(name, cls)
 
     return wrap
 
 
-def make_noise_schedule(type: str, **params):
-    if type not in NOISE_SCHEDULES:
-        raise NfebenchError(f"unknown noise schedule '{type}'; valid: {', '.join(sorted(NOISE_SCHEDULES))}")
+def make_noise_schedule(name: str, **params):
+    """The schedule a model config's ``noise_schedule`` group names (``name``), with its options."""
+    schedule = NOISE_SCHEDULES.get(name)
     try:
-        return NOISE_SCHEDULES[type](**params)
+        return schedule(**params)
     except TypeError as e:
-        raise NfebenchError(f"bad options for noise schedule '{type}': {e}") from None
+        raise NfebenchError(f"bad options for noise schedule '{name}': {e}") from None
 
 
 class NoiseSchedule:
@@ -68,7 +68,7 @@ class NoiseSchedule:
         return t
 
     def describe(self) -> dict:
-        return {"type": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+        return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
 
 
 class _VP(NoiseSchedule):
@@ -121,16 +121,16 @@ class VPCosine(_VP):
         return 2 * (1 + self.s) / math.pi * np.arccos(np.exp(la + self._log_a0)) - self.s
 
 
-def _betas(kind: str, n: int, beta_start: float, beta_end: float) -> np.ndarray:
-    if kind == "linear":
-        return np.linspace(beta_start, beta_end, n, dtype=np.float64)
-    if kind == "scaled_linear":
-        return np.linspace(beta_start**0.5, beta_end**0.5, n, dtype=np.float64) ** 2
-    if kind == "cosine":
-        s = 0.008
-        f = np.cos((np.arange(n + 1) / n + s) / (1 + s) * math.pi / 2) ** 2
-        return np.clip(1 - f[1:] / f[:-1], 0, 0.999)
-    raise NfebenchError(f"unknown beta schedule '{kind}'; valid: linear, scaled_linear, cosine")
+def _cosine_betas(n: int, beta_start: float, beta_end: float) -> np.ndarray:
+    s = 0.008
+    f = np.cos((np.arange(n + 1) / n + s) / (1 + s) * math.pi / 2) ** 2
+    return np.clip(1 - f[1:] / f[:-1], 0, 0.999)
+
+
+# diffusers' `beta_schedule` names: (number of steps, beta_start, beta_end) -> betas
+BETAS = {"linear": lambda n, b0, b1: np.linspace(b0, b1, n, dtype=np.float64),
+         "scaled_linear": lambda n, b0, b1: np.linspace(b0**0.5, b1**0.5, n, dtype=np.float64) ** 2,
+         "cosine": _cosine_betas}
 
 
 @register_noise("vp_discrete")
@@ -146,7 +146,7 @@ class VPDiscrete(_VP):
                  num_train_timesteps: int = 1000, T: float = 1.0, eps: float | None = None):
         self.betas, self.beta_start, self.beta_end = betas, float(beta_start), float(beta_end)
         self.num_train_timesteps = n = int(num_train_timesteps)
-        beta = _betas(betas, n, self.beta_start, self.beta_end)
+        beta = BETAS[check_choice("beta schedule", betas, BETAS)](n, self.beta_start, self.beta_end)
         self._log_alphas = 0.5 * np.cumsum(np.log1p(-beta))
         self._ts = np.arange(1, n + 1, dtype=np.float64) / n
         self.T = float(T)
@@ -164,7 +164,7 @@ class VPDiscrete(_VP):
         return (t - 1.0 / self.num_train_timesteps) * self.num_train_timesteps
 
     def describe(self) -> dict:
-        return {"type": self.name, "betas": self.betas, "beta_start": self.beta_start, "beta_end": self.beta_end,
+        return {"name": self.name, "betas": self.betas, "beta_start": self.beta_start, "beta_end": self.beta_end,
                 "num_train_timesteps": self.num_train_timesteps, "T": self.T, "eps": self.eps}
 
 

@@ -8,16 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from common.errors import NfebenchError
+from common.registry import Registry, check_choice
 
-TIME_GRIDS: dict[str, callable] = {}
-
-
-def register_grid(name):
-    def wrap(fn):
-        TIME_GRIDS[name] = fn
-        return fn
-
-    return wrap
+GRIDS = Registry("time-step schedule")
+register_grid = GRIDS.register
 
 
 @register_grid("time_uniform")
@@ -58,6 +52,12 @@ def explicit(noise, steps, t_start, t_end, ts=()):
     return np.asarray(ts, dtype=np.float64)
 
 
+def fixed_steps(grid_name: str, grid_opts: dict) -> int | None:
+    """The number of steps a grid fixes by itself (an explicit grid: its length - 1); None when the
+    solver's NFE budget decides it."""
+    return len(grid_opts.get("ts") or ()) - 1 if grid_name == "explicit" else None
+
+
 def _leading(n_train, steps):
     return np.arange(steps)[::-1] * (n_train // steps)
 
@@ -89,9 +89,8 @@ def discrete(noise, steps, t_start, t_end, spacing: str = "leading", steps_offse
     n_train = getattr(noise, "num_train_timesteps", None)
     if n_train is None:
         raise NfebenchError(f"discrete time-step spacing needs a discrete-time (vp_discrete) schedule, not '{noise.name}'")
-    if spacing not in SPACINGS:
-        raise NfebenchError(f"unknown timestep spacing '{spacing}'; valid: {', '.join(SPACINGS)}")
-    n = SPACINGS[spacing](n_train, steps).astype(np.int64) + (int(steps_offset) if spacing == "leading" else 0)
+    spaced = SPACINGS[check_choice("timestep spacing", spacing, SPACINGS)]
+    n = spaced(n_train, steps).astype(np.int64) + (int(steps_offset) if spacing == "leading" else 0)
     t = (n + 1.0) / n_train
     if len(n) != steps or n.max() >= n_train or t[-1] <= t_end:
         raise NfebenchError(f"'{spacing}' spacing (steps_offset={steps_offset}) of {steps} steps gives training steps "
@@ -115,10 +114,8 @@ def _final_points(noise, n, final, t_end, what):
     to t_end (default 1/N = alphas_cumprod[0]).
     """
     t = (np.asarray(n, dtype=np.float64) + 1.0) / noise.num_train_timesteps
-    if final == "zero":
+    if check_choice(f"{what} final", final, ("zero", "sigma_min")) == "zero":
         return t
-    if final != "sigma_min":
-        raise NfebenchError(f"{what}: final must be zero or sigma_min; got '{final}'")
     if t[-1] <= t_end:
         raise NfebenchError(f"{what} gives training steps {np.asarray(n).tolist()}, which must lie above t_end={t_end:g}")
     return np.append(t, t_end)
@@ -200,12 +197,11 @@ def diffusers_grid(noise, steps, t_start, t_end, family: str = "dpmsolver", spac
     from there has zero length, see the pndm solver's zero_step).
     """
     n_train = _discrete_steps(noise, "the diffusers grid")
-    if family not in DIFFUSERS_FAMILIES:
-        raise NfebenchError(f"unknown diffusers scheduler family '{family}'; valid: {', '.join(DIFFUSERS_FAMILIES)}")
-    if spacing not in SPACINGS:
-        raise NfebenchError(f"unknown timestep spacing '{spacing}'; valid: {', '.join(SPACINGS)}")
-    N = steps + 1 if final in ("zero", "last") else steps
-    n = DIFFUSERS_FAMILIES[family](n_train, N, spacing, int(steps_offset))
+    family_steps = DIFFUSERS_FAMILIES[check_choice("diffusers scheduler family", family, DIFFUSERS_FAMILIES)]
+    check_choice("timestep spacing", spacing, SPACINGS)
+    check_choice("diffusers grid final", final, ("zero", "sigma_min", "last"))
+    N = steps if final == "sigma_min" else steps + 1
+    n = family_steps(n_train, N, spacing, int(steps_offset))
     if final == "last":
         return (np.asarray(n, dtype=np.float64) + 1.0) / n_train
     return _final_points(noise, n, final, t_end, f"the diffusers '{family}' grid ({spacing}, steps_offset={steps_offset})")
@@ -225,10 +221,9 @@ def _pin_ends(t, t_start, t_end):
 
 
 def make_grid(noise, steps: int, name: str, t_end: float | None = None, **params) -> np.ndarray:
-    if name not in TIME_GRIDS:
-        raise NfebenchError(f"unknown time-step schedule '{name}'; valid: {', '.join(sorted(TIME_GRIDS))}")
+    grid = GRIDS.get(name)
     t_end = noise.eps if t_end is None else float(t_end)
-    t = TIME_GRIDS[name](noise, steps, float(noise.T), t_end, **params)
+    t = grid(noise, steps, float(noise.T), t_end, **params)
     if t.ndim != 1 or len(t) < 2 or not np.all(np.isfinite(t)):
         raise NfebenchError(f"time-step schedule '{name}' needs at least 2 finite time points")
     if not np.all(np.diff(t) < 0):

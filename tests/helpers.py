@@ -3,27 +3,30 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.paths import REPO
 from models.counter import CountedDenoiser
+from models.denoiser import Denoiser
 from models.registry import build_model
 from sampling.registry import get_solver
+from sampling.schedules import make_noise_schedule
 from sampling.seeds import SampleNoise
 from sampling.timesteps import make_grid
 
 
 def gaussian(shape=(1, 4, 4), noise=None, **kw):
     return build_model({"family": "gaussian", "shape": list(shape),
-                        "noise_schedule": noise or {"type": "vp_linear"}, **kw})
+                        "noise_schedule": noise or {"name": "vp_linear"}, **kw})
 
 
-def solve(model, solver, steps, grid="logsnr", n=8, seed=0, budget=None, grid_opts=None, **opts):
-    """Run one solver on n samples; returns (samples, x_start, ts, counter)."""
+def solve_steps(model, solver, steps, grid="logsnr", n=8, seed=0, budget=None, grid_opts=None, **opts):
+    """Run one solver for a number of steps on n samples; returns (samples, x_start, ts, counter)."""
     spec = get_solver(solver)
     ts = make_grid(model.noise, steps, grid, **(grid_opts or {}))
     rng = SampleNoise(seed, range(n), model.shape)
@@ -33,8 +36,37 @@ def solve(model, solver, steps, grid="logsnr", n=8, seed=0, budget=None, grid_op
     return x, x_start, ts, counter
 
 
+def x_noise(shape=(1, 4, 4)):
+    """Three fixed float64 draws (seed 0) of one sample shape."""
+    return torch.randn(3, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+def solve_nfe(model, solver, nfe, grid="logsnr", rng=None, **opts):
+    """Run one solver within an NFE budget (its steps from the solver's own rule) on x_noise();
+    returns (samples, x_start, ts, counted NFE)."""
+    spec = get_solver(solver)
+    ts = make_grid(model.noise, spec.steps(nfe, **opts), grid)
+    x = float(model.noise.sigma(ts[0])) * x_noise(model.shape)
+    counter = CountedDenoiser(model, budget=nfe)
+    out = spec.fn(counter, x, ts, model.noise, rng, **opts)
+    return out, x, ts, counter.count
+
+
+def rel_error_nfe(model, solver, nfe, grid="logsnr", **opts) -> float:
+    """Relative error of solve_nfe's samples against the closed-form PF-ODE solution."""
+    out, x, ts, _ = solve_nfe(model, solver, nfe, grid, **opts)
+    ref = model.ode_solution(x, float(ts[0]), float(ts[-1]))
+    return float((out - ref).norm() / ref.norm())
+
+
+def fitted_order_nfe(model, solver, nfes, grid="logsnr", **opts) -> float:
+    """Slope of -log(relative error) against log(NFE budget)."""
+    errors = [rel_error_nfe(model, solver, n, grid, **opts) for n in nfes]
+    return -float(np.polyfit(np.log(nfes), np.log(errors), 1)[0])
+
+
 def ode_error(model, solver, steps, **kw) -> float:
-    x, x_start, ts, _ = solve(model, solver, steps, **kw)
+    x, x_start, ts, _ = solve_steps(model, solver, steps, **kw)
     ref = model.ode_solution(x_start, float(ts[0]), float(ts[-1]))
     return float((x - ref).pow(2).mean().sqrt())
 
@@ -46,6 +78,30 @@ def fitted_order(model, solver, nfes, cost=lambda n: n, **kw) -> float:
     slope = np.polyfit(np.log([cost(s) for s in steps]), np.log(errs), 1)[0]
     return -float(slope)
 
+
+class EpsUNet(Denoiser):
+    """A diffusers UNet2DModel as an eps-predicting denoiser on DDPM's linear 1000-step schedule."""
+    prediction = "eps"
+
+    def __init__(self, unet, shape):
+        self.unet, self.shape = unet, shape
+        self.noise = make_noise_schedule("vp_discrete", betas="linear", beta_start=1e-4, beta_end=0.02,
+                                         num_train_timesteps=1000)
+
+    def predict(self, x, t, cond=None):
+        n = torch.full((x.shape[0],), float(self.noise.model_time(t)), dtype=x.dtype)
+        return self.unet(x, n).sample
+
+
+def write_pngs(folder, images):
+    """Images in [-1, 1], (B, C, H, W), as 8-bit PNG files 0000.png, 0001.png, ... in folder."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(torch.round((images.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)):
+        a = im.permute(1, 2, 0).numpy()
+        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(folder / f"{i:04d}.png")
+    return folder
 
 
 class ImageSet(torch.utils.data.Dataset):
@@ -61,7 +117,6 @@ class ImageSet(torch.utils.data.Dataset):
         return self.x[i]
 
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
@@ -80,10 +135,12 @@ def compose_cfg(*overrides) -> dict:
 
 
 def solver_defaults(name: str):
-    """A solver config's options and its recommended grid's options, as the config files state them."""
+    """A solver config's options and its recommended grid's options, as the config files state them
+    (a solver without a config file: no options, the logsnr grid)."""
     from omegaconf import OmegaConf
 
-    opts = OmegaConf.to_container(OmegaConf.load(CONFIGS / "solver" / f"{name}.yaml"))
+    path = CONFIGS / "solver" / f"{name}.yaml"
+    opts = OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {"name": name}
     grid = "logsnr"
     for entry in opts.pop("defaults", []):
         for key, value in (entry.items() if isinstance(entry, dict) else []):
@@ -102,17 +159,35 @@ def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
         nfe = max(6, get_solver(solver).min_nfe(**{k: v for k, v in opts.items() if k != "name"}))
         cfg = {"nfe": nfe, "num_samples": 1, "batch_size": 1, "seed": 0, "sample_offset": 0, "t_end": None,
                "dtype": "float32", "model": model_cfg, "solver": dict(opts), "schedule": schedule}
-        # plan() on a stand-in analytic model of the same schedule: only the grid and the options are needed
-        _, spec, sopts, ts, dtype = plan({**cfg, "model": {"family": "gaussian", "shape": [1, 2, 2],
-                                                           "noise_schedule": model_cfg["noise_schedule"]}})
-        out = []
-        counted, _ = sample_batches(cfg, model, spec, sopts, ts, dtype, torch.device("cpu"),
-                                    lambda x, x0, idx: out.append(x))
-        assert counted == spec.cost(len(ts) - 1, **sopts) <= nfe, solver
+        p, out = plan(cfg), []
+        counted = sample_batches(cfg, p, model, torch.device("cpu"), lambda x, x0, idx: out.append(x)).counted
+        assert counted == p.spec.cost(p.steps, **p.solver_opts) <= nfe, solver
         assert out[0].shape == (1, *sample_shape) and bool(torch.isfinite(out[0]).all()), solver
 
 
-def launch(*args, cwd=REPO, env=None, timeout=300):
-    """`python launch.py *args` in a subprocess, as a user runs it."""
-    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+def launch_argv(*args) -> list:
+    """The command line `python launch.py *args`."""
+    return [sys.executable, str(REPO / "launch.py"), *args]
+
+
+def offline_env(extra=None) -> dict:
+    """This process's environment with no hub and no wandb network (as conftest.py sets it), plus extra."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(extra or {})}
+
+
+def launch(*args, cwd=REPO, env=None, timeout=600, **kw):
+    """`python launch.py *args` in a subprocess, as a user runs it; env adds to offline_env()."""
+    return subprocess.run(launch_argv(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=offline_env(env), **kw)
+
+
+def start_launch(*args):
+    """`python launch.py *args` started in the background, for tests that signal it or watch its workers."""
+    return subprocess.Popen(launch_argv(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=offline_env())
+
+
+def run_module(module, *args, timeout=300):
+    """`python -m module *args` in a subprocess (results.collect, results.leaderboard), as a user runs it."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=offline_env())

@@ -3,8 +3,6 @@
 import io
 import json
 import re
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -17,9 +15,8 @@ from results.merge import main as merge_main
 from results.published import published_rows
 from results.settings import compose, label, settings
 from common.errors import NfebenchError
-from helpers import launch
+from helpers import launch, run_module
 
-REPO = Path(__file__).resolve().parents[1]
 EXACT = {"suite": "exact", "fd_pixel_reference": "exact marginal", "ode_rmse_reference": "closed form"}
 
 
@@ -167,7 +164,7 @@ def test_runs_that_differ_in_something_the_label_does_not_show_are_refused(tmp_p
     assert "differ in t_end" in one_error_line(rc, err)
 
 
-def test_csv_and_latex_round_trip(tmp_path, capsys):
+def test_csv_and_latex_outputs_carry_the_markdown_tables_numbers(tmp_path, capsys):
     record(tmp_path, "a", nfe=4, metrics={"fd_pixel": 34.4811, "ode_rmse": 0.23312})
     record(tmp_path, "b", "solver.eta=0.5", nfe=6, counted=5, metrics={"fd_pixel": 1.23456, "ode_rmse": 0.0123456})
     record(tmp_path, "c", "solver.eta=0.5", nfe=6, counted=5, seed=1, metrics={"fd_pixel": 1.3, "ode_rmse": 0.0124})
@@ -340,7 +337,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, needle
 
 
 @pytest.mark.slow
-def test_a_real_sweep_through_launch_and_the_command_line(tmp_path):
+def test_collect_command_line_reads_a_real_sweep_and_its_merged_shards(tmp_path):
     """launch.py writes the records; `python -m results.collect` in a subprocess reads them as a user would."""
     sweep = tmp_path / "sweep"
     r = launch("-m", "model=gaussian", "solver=ddim,heun", "nfe=4,6", "num_samples=16", "grid_images=0",
@@ -351,8 +348,7 @@ def test_a_real_sweep_through_launch_and_the_command_line(tmp_path):
     assert r.returncode == 0, r.stderr
     assert merge_main([str(sweep / "shards")]) == 0
     (merged,) = [json.loads(p.read_text()) for p in (sweep / "shards" / "merged").glob("*/record.json")]
-    cmd = [sys.executable, "-m", "results.collect", str(sweep), "--metric", "ode_rmse", "--format", "csv"]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = run_module("results.collect", str(sweep), "--metric", "ode_rmse", "--format", "csv", timeout=120)
     assert r.returncode == 0, r.stderr
     df = pd.read_csv(io.StringIO(r.stdout))
     recs = {(json.loads(p.read_text())["solver"]["name"], json.loads(p.read_text())["nfe"]["requested"]):
@@ -365,8 +361,7 @@ def test_a_real_sweep_through_launch_and_the_command_line(tmp_path):
         assert row.nfe_counted == rec["nfe"]["counted"]
         assert row.value == float(f"{rec['metrics']['ode_rmse']:.4g}")
     assert set(df[df.solver == "heun"].nfe_counted) == {3, 5}  # EDM's 2N-1 within budgets 4 and 6
-    r = subprocess.run([sys.executable, "-m", "results.collect", str(sweep), "--format", "xls"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+    r = run_module("results.collect", str(sweep), "--format", "xls", timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["nfebench: error: unknown --format 'xls'; valid: md, csv, tex"]
 
 

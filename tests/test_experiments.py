@@ -2,9 +2,6 @@
 names (NFE, solver options, grid, the paper's cost count), and the sweeper expands `runs:` for any launcher."""
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +13,11 @@ from hydra_plugins.nfebench_launchers.sweeper import expand, run_overrides
 from launch.dry_run import plan_run
 from launch.experiment import experiment_names, published_rows
 from results import published as collector_published
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sampling.solvers  # noqa: F401  (registers every solver, so SOLVERS is complete)
 from sampling.registry import SOLVERS
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
+from helpers import CONFIGS, compose_cfg, launch, run_module
+
 DDIM = "DDIM (Song, Meng, Ermon, ICLR 2021) arXiv:2010.02502"
 
 # The papers' protocols, written down here independently of the experiment files: the CSV's solver label ->
@@ -62,12 +58,7 @@ def plans(name, *extra):
     return out
 
 
-def launch(*args, timeout=600):
-    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def test_the_experiments_are_the_issue_list():
+def test_experiment_files_are_exactly_the_issue_list():
     assert set(experiment_names()) == {"ddim_table1_cifar10", "ddim_table3_church", "ddim_table3_bedroom",
                                        "leaderboard_cpu", *(f"zoo_{m}" for m in ZOO_MODELS), *EDM_REPLAYS}
 
@@ -103,11 +94,11 @@ def test_dry_run_plans_exactly_the_published_rows_named(name):
         assert {p["solver"] for p in planned} == set(SOLVERS)
         assert {p["nfe"] for p in planned} == {5, 6, 8, 10, 12, 15, 20, 50}
         assert {p["model"] for p in planned} == {name[len("zoo_"):]}
-        assert len(planned) == len(SOLVERS) * 8 + 3  # + diffusers' PNDM at the three NFEs >= 13
+        assert len(planned) == len(SOLVERS.names()) * 8 + 3  # + diffusers' PNDM at the three NFEs >= 13
 
 
 def test_zoo_solvers_use_diffusers_defaults_where_diffusers_has_the_scheduler():
-    presets = set(compose_protocol()["solvers"])
+    presets = set(compose_cfg("protocol=diffusers")["protocol"]["solvers"])
     planned = plans("zoo_cifar10_ddpm")
     for p in planned:
         if p["solver"] == "pndm" and p["schedule"] != "diffusers":
@@ -123,19 +114,13 @@ def test_zoo_solvers_use_diffusers_defaults_where_diffusers_has_the_scheduler():
     assert (heun[10]["paper"]["value"], heun[10]["counted"]) == (5, 9)
 
 
-def compose_protocol():
-    with initialize_config_dir(str(CONFIGS), version_base=None):
-        return OmegaConf.to_container(compose("config", overrides=["protocol=diffusers"]), resolve=True)["protocol"]
-
-
 def test_leaderboard_plans_every_solver_and_the_readme_variants_on_three_models():
     planned = plans("leaderboard_cpu")
     assert {p["model"] for p in planned} == {"gaussian", "digits", "digits_unet"}
     assert {p["nfe"] for p in planned} == {3, 4, 5, 6, 8, 10, 15, 20, 50}
     labels = {(p["solver"], tuple(sorted(p["options"].items()))) for p in planned}
     for name in SOLVERS:  # every registered solver with its config's default options
-        with initialize_config_dir(str(CONFIGS), version_base=None):
-            default = OmegaConf.to_container(compose("config", overrides=[f"solver={name}"]), resolve=True)["solver"]
+        default = compose_cfg(f"solver={name}")["solver"]
         default.pop("name")
         assert (name, tuple(sorted(default.items()))) in labels, name
     variants = {(p["solver"], p["options"].get("order"), p["options"].get("variant"), p["options"].get("eta"),
@@ -250,7 +235,7 @@ def test_experiment_runs_end_to_end_on_a_miniature_then_through_the_collector(na
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     recs = [json.loads(p.read_text()) for p in sweep.rglob("record.json")]
     n_runs = {"ddim_table1_cifar10": 5, "ddim_table3_church": 2, "ddim_table3_bedroom": 2,
-              "zoo_cifar10_ddpm": len(SOLVERS)}.get(name, 2)
+              "zoo_cifar10_ddpm": len(SOLVERS.names())}.get(name, 2)
     assert len(recs) == n_runs and f"{n_runs} runs: {n_runs} done" in r.stdout
     for rec in recs:
         assert rec["config"]["experiment"]["name"] == name and rec["model"]["name"] == model
@@ -263,8 +248,7 @@ def test_experiment_runs_end_to_end_on_a_miniature_then_through_the_collector(na
         assert {rec["config"]["experiment"]["published_solver"] for rec in recs} == set(
             experiment_file(name)["hydra"]["sweeper"]["runs"][i]["published"] for i in range(n_runs))
     table, plot = tmp_path / "table.md", tmp_path / "plot.png"
-    c = subprocess.run([sys.executable, "-m", "results.collect", str(sweep), "--compare", "published", "--plot",
-                        str(plot), "--out", str(table)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    c = run_module("results.collect", str(sweep), "--compare", "published", "--plot", str(plot), "--out", str(table))
     if has_rows:
         assert c.returncode == 0, c.stderr
         text = table.read_text()
@@ -324,12 +308,12 @@ def _check_replay_plan(p, row, source):
     if row.solver == "DEIS tAB3":
         # diff-sampler's time_uniform grid: a VP schedule with sigma(1) = 80, sigma(1e-3) = 0.002, sqrt-uniform t
         ns = cfg["model"]["noise_schedule"]
-        assert ns["type"] == "vp_linear" and ns["T"] == 1.0 and ns["eps"] == pytest.approx(1e-3)
+        assert ns["name"] == "vp_linear" and ns["T"] == 1.0 and ns["eps"] == pytest.approx(1e-3)
         assert _vp_sigma(1.0, ns["beta_min"], ns["beta_max"]) == pytest.approx(80.0, rel=1e-9)
         assert _vp_sigma(1e-3, ns["beta_min"], ns["beta_max"]) == pytest.approx(0.002, rel=1e-9)
         assert cfg["schedule"]["power"] == 2.0
     elif cfg["model"]["family"] == "edm_pickle":
-        assert cfg["model"]["noise_schedule"]["type"] == "edm" and cfg["t_end"] is None  # sigma 80 -> 0.002
+        assert cfg["model"]["noise_schedule"]["name"] == "edm" and cfg["t_end"] is None  # sigma 80 -> 0.002
     if cfg["model"]["name"] == "cifar10_scoresde_vp_deep":
         assert cfg["t_end"] == (1e-3 if row.nfe <= 10 else 1e-4)
 
@@ -420,8 +404,7 @@ def test_edm_and_scoresde_replays_run_end_to_end_on_miniatures(name, nfe, tmp_pa
         assert rec["nfe"]["counted"] == nfe and rec["nfe"]["paper"] == {"convention": "nfe", "value": nfe}
         assert np.isfinite(rec["metrics"]["fid"])
     table, plot = tmp_path / "table.md", tmp_path / "plot.png"
-    c = subprocess.run([sys.executable, "-m", "results.collect", str(sweep), "--compare", "published", "--plot",
-                        str(plot), "--out", str(table)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    c = run_module("results.collect", str(sweep), "--compare", "published", "--plot", str(plot), "--out", str(table))
     assert c.returncode == 0, c.stderr
     text = table.read_text()
     assert f"FID {nfe}" in text and " / " in text  # ours / published (difference)

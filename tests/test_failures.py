@@ -12,9 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import launch
+from helpers import launch, launch_argv, start_launch
+from common.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=gaussian", "num_samples=8", "grid_images=0"]
 
 
@@ -35,7 +35,7 @@ def _catalogue(tmp: Path):
     keyless = tmp / "keyless"
     (keyless / "0_run").mkdir(parents=True)
     (keyless / "0_run" / "record.json").write_text('{"status": "complete"}')
-    L = [sys.executable, str(REPO / "launch.py")]
+    L = launch_argv()
     M = [sys.executable, "-m", "results.merge"]
 
     def run(name, *args, multirun=False):
@@ -107,7 +107,7 @@ def test_fid_files_are_checked_before_the_model_is_built(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "build_model", no_model)
     cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs/config.yaml"))
     cfg.pop("hydra"), cfg.pop("defaults")
-    cfg.update(model={"name": "g", "family": "gaussian", "noise_schedule": {"type": "vp_linear"}},
+    cfg.update(model={"name": "g", "family": "gaussian", "noise_schedule": {"name": "vp_linear"}},
                solver={"name": "ddim", "eta": 0.0}, schedule={"name": "time_uniform"}, num_samples=4,
                metrics={"name": "fid", "extractor": "tiny", "reference": str(tmp_path / "missing.npz")})
     with pytest.raises(NfebenchError, match="missing.npz"):
@@ -146,8 +146,7 @@ def _stamps(sweep):
 
 def test_corrupt_record_is_set_aside_and_only_its_run_redone(tmp_path):
     sweep = tmp_path / "sweep"
-    first = subprocess.run([sys.executable, str(REPO / "launch.py"), "-m", *SWEEP, f"hydra.sweep.dir={sweep}"],
-                           cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(0o027))
+    first = launch("-m", *SWEEP, f"hydra.sweep.dir={sweep}", preexec_fn=lambda: os.umask(0o027))
     assert first.returncode == 0, first.stderr
     recs = sorted(sweep.glob("*/record.json"))
     assert len(recs) == 4
@@ -220,11 +219,11 @@ def _wait(what, predicate, timeout=60):
 
 def test_no_worker_outlives_a_terminated_or_killed_local_sweep(tmp_path):
     # long runs of cheap batches: killed within a second or two of starting
-    args = [sys.executable, str(REPO / "launch.py"), "-m", "model=gaussian", "solver=ddim,euler,heun", "nfe=10",
+    args = ["-m", "model=gaussian", "solver=ddim,euler,heun", "nfe=10",
             "num_samples=1000000", "batch_size=50", "grid_images=0", "launcher=local",
             "hydra.launcher.cpu_workers=2", f"hydra.sweep.dir={tmp_path}"]
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = start_launch(*args)
         try:
             workers = _wait("two workers", lambda: len(_children(proc.pid)) == 2 and _children(proc.pid))
             _wait("a run to start", lambda: list(tmp_path.glob("*_*")))

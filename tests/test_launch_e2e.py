@@ -1,13 +1,9 @@
 """launch.py end to end, through a subprocess, as a user runs it."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from helpers import launch
+from helpers import launch, run_module
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = ["num_samples=40", "batch_size=16"]
 
 
@@ -38,19 +34,18 @@ def test_default_experiment_writes_a_complete_record(tmp_path):
     (["solver=dpmpp", "solver.order=3", "nfe=7", "model=gaussian", "schedule=time_quadratic", "seed=3"], 7, 7),
     (["model=gaussian", "model/noise_schedule=vp_discrete", "schedule=karras", "denoise_to_zero=true"], 10, 9),
 ])
-def test_solver_spellings(tmp_path, args, counted, steps):
+def test_solver_spellings_on_the_command_line_count_their_nfe_and_steps(tmp_path, args, counted, steps):
     r = launch(*SMALL, *args, f"hydra.run.dir={tmp_path}")
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "record.json").read_text())
     assert rec["nfe"]["counted"] == counted and rec["solver"]["steps"] == steps
 
 
-def test_sweep_and_collector(tmp_path):
+def test_sweep_collects_into_a_table_whose_error_falls_with_nfe(tmp_path):
     r = launch("-m", *SMALL, "model=gaussian", "solver=ddim,dpmpp", "nfe=5,10", f"hydra.sweep.dir={tmp_path}")
     assert r.returncode == 0, r.stderr
     assert len(list(tmp_path.rglob("record.json"))) == 4
-    c = subprocess.run([sys.executable, "-m", "results.collect", str(tmp_path), "--metric", "ode_rmse",
-                        "--out", str(tmp_path / "table.md")], cwd=REPO, capture_output=True, text=True)
+    c = run_module("results.collect", str(tmp_path), "--metric", "ode_rmse", "--out", str(tmp_path / "table.md"))
     assert c.returncode == 0 and c.stdout == "", c.stderr  # --out: the table goes to the file only
     text = (tmp_path / "table.md").read_text()
     assert text.startswith("### gaussian — metrics=exact, ")
@@ -62,9 +57,8 @@ def test_sweep_and_collector(tmp_path):
     assert all(v10 < v5 for v5, v10 in vals), "error must fall with NFE"
 
 
-def test_collector_errors(tmp_path):
-    c = subprocess.run([sys.executable, "-m", "results.collect", str(tmp_path)], cwd=REPO, capture_output=True,
-                       text=True)
+def test_collector_on_a_folder_without_records_is_one_error_line(tmp_path):
+    c = run_module("results.collect", str(tmp_path))
     assert c.returncode == 2 and c.stderr.count("\n") == 1 and "no complete run records" in c.stderr
 
 

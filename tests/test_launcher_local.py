@@ -2,23 +2,17 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from hydra_plugins.nfebench_launchers.local import CPU, worker_env, worker_slots
-from helpers import launch as run_launch
+from helpers import launch, start_launch
 from common.errors import NfebenchError
+from common.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=gaussian", "num_samples=50", "grid_images=0", "launcher=local"]  # no png: no torchvision import
-
-
-def launch(*args, timeout=300):
-    return run_launch("-m", *args, timeout=timeout)
 
 
 def records(sweep):
@@ -51,7 +45,7 @@ def test_slots_one_gpu_per_worker_or_n_cpu_workers():
 
 def test_each_run_sees_exactly_its_own_gpu(tmp_path):
     # two runs on two (made-up) GPU ids: both start at once, so each must get the other id
-    r = launch("solver=ddim,euler", "nfe=5", *TINY, "hydra.launcher.gpus=[3,5]", f"hydra.sweep.dir={tmp_path}")
+    r = launch("-m", "solver=ddim,euler", "nfe=5", *TINY, "hydra.launcher.gpus=[3,5]", f"hydra.sweep.dir={tmp_path}")
     assert r.returncode == 0, r.stderr
     assert len(records(tmp_path)) == 2
     seen = []
@@ -65,8 +59,7 @@ def test_each_run_sees_exactly_its_own_gpu(tmp_path):
 def test_sigkilled_worker_leaves_no_record_and_rerun_completes_the_sweep(tmp_path):
     args = ["solver=ddim,euler,dpmpp,heun", "nfe=5,10,20", *TINY, "hydra.launcher.cpu_workers=2",
             f"hydra.sweep.dir={tmp_path}"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "-m", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_launch("-m", *args)
     victim, deadline = None, time.time() + 120
     try:
         # kill a worker whose run has started (its output dir exists) but has not written its record
@@ -91,7 +84,7 @@ def test_sigkilled_worker_leaves_no_record_and_rerun_completes_the_sweep(tmp_pat
     assert not list(tmp_path.rglob("*.tmp")), "a killed run must leave no partial file"
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/record.json")}
 
-    again = launch(*args)
+    again = launch("-m", *args)
     assert again.returncode == 0, again.stderr
     assert "sweep summary: 12 runs: 1 done, 11 skipped, 0 failed" in again.stdout
     recs = records(tmp_path)

@@ -15,7 +15,7 @@ def _record(path, cfg, status="complete"):
     return str(path / "record.json")
 
 
-def test_found_by_hash_whatever_the_directory(tmp_path):
+def test_complete_run_is_found_by_config_hash_whatever_the_directory(tmp_path):
     where = _record(tmp_path / "renamed" / "anything", CFG)
     assert find_complete(CFG, tmp_path) == where
     # how a run is run (skip flag, tracking) is not part of its identity
@@ -43,7 +43,7 @@ def test_corrupt_records_are_moved_aside_once_and_never_found(tmp_path, capsys):
     assert find_complete(CFG, tmp_path) == good and capsys.readouterr().err == ""
 
 
-def test_load_record_names_the_file(tmp_path):
+def test_load_record_errors_name_the_file_in_one_line(tmp_path):
     import pytest
 
     from launch.records import load_record

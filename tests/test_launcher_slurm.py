@@ -6,14 +6,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from helpers import launch as run_launch
+from helpers import launch, start_launch
+from common.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "launch" / "slurm_cluster.sh"
 SWEEP = ["model=gaussian", "num_samples=50", "grid_images=0", "launcher=slurm"]  # no png: no torchvision import
 
@@ -39,10 +37,6 @@ def cleanup():
         subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
 
 
-def launch(*args, timeout=300):
-    return run_launch("-m", *args, timeout=timeout)
-
-
 def records(sweep):
     return {p.parent.name: json.loads(p.read_text()) for p in sweep.rglob("record.json")}
 
@@ -59,7 +53,7 @@ def job_logs(sweep, job_id):
 
 def test_sweep_lands_all_records_and_rerun_skips_them(slurm, tmp_path):
     args = ["solver=ddim,dpmpp,euler", "nfe=5,10", *SWEEP, f"hydra.sweep.dir={tmp_path}"]
-    first = launch(*args)
+    first = launch("-m", *args)
     assert first.returncode == 0, first.stderr
     recs = records(tmp_path)
     assert len(recs) == 6 and all(r["status"] == "complete" for r in recs.values())
@@ -71,7 +65,7 @@ def test_sweep_lands_all_records_and_rerun_skips_them(slurm, tmp_path):
     assert sum("Job completed successfully" in log for log in job_logs(tmp_path, job_id)) == 6
 
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("record.json")}
-    again = launch(*args)
+    again = launch("-m", *args)
     assert again.returncode == 0, again.stderr
     assert "sweep summary: 6 runs: 0 done, 6 skipped, 0 failed" in again.stdout
     assert array_jobs(tmp_path) == [job_id], "complete runs are filtered out before anything is submitted"
@@ -82,11 +76,6 @@ def squeue(job_id, *fmt):
     out = subprocess.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%i %t %r"], capture_output=True, text=True,
                          timeout=30).stdout
     return [ln.split() for ln in out.splitlines()]
-
-
-def start_sweep(args):
-    return subprocess.Popen([sys.executable, str(REPO / "launch.py"), "-m", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(what, predicate, proc, timeout=90):
@@ -102,7 +91,7 @@ def test_cancelled_jobs_fail_and_rerun_completes_them(slurm, tmp_path, cleanup):
     # task cancelled never reaches accounting, so the launcher must notice it left the queue.
     args = ["solver=ddim,euler", "nfe=5,10", *SWEEP, "hydra.launcher.array_parallelism=1",
             "hydra.launcher.lost_after_s=15", f"hydra.sweep.dir={tmp_path}"]
-    proc = start_sweep(args)
+    proc = start_launch("-m", *args)
     try:
         (job_id,) = wait_for("the array job", lambda: array_jobs(tmp_path), proc)
         cleanup.append(job_id)
@@ -120,7 +109,7 @@ def test_cancelled_jobs_fail_and_rerun_completes_them(slurm, tmp_path, cleanup):
     recs = records(tmp_path)
     assert sorted(recs) == sorted(n for n in recs if n[0] in "12") and len(recs) == 2
 
-    rerun = launch(*args)
+    rerun = launch("-m", *args)
     assert rerun.returncode == 0, rerun.stderr
     assert "sweep summary: 4 runs: 2 done, 2 skipped, 0 failed" in rerun.stdout
     # only the two unfinished runs were queued: the rerun's array has two tasks, runs #0 and #3
@@ -135,7 +124,7 @@ def test_cancelled_jobs_fail_and_rerun_completes_them(slurm, tmp_path, cleanup):
 @pytest.mark.slow
 def test_preempted_task_is_requeued_through_submitit_checkpoint(slurm, tmp_path, cleanup):
     args = ["solver=ddim", "nfe=5,10", *SWEEP, f"hydra.sweep.dir={tmp_path}"]
-    proc = start_sweep(args)
+    proc = start_launch("-m", *args)
     try:
         (job_id,) = wait_for("the array job", lambda: array_jobs(tmp_path), proc)
         cleanup.append(job_id)
@@ -159,7 +148,8 @@ def test_preempted_task_is_requeued_through_submitit_checkpoint(slurm, tmp_path,
 
 
 def test_unknown_partition_is_one_line_before_submission(slurm, tmp_path):
-    bad = launch("solver=ddim", *SWEEP, "hydra.launcher.partition=no_such_partition", f"hydra.sweep.dir={tmp_path}")
+    bad = launch("-m", "solver=ddim", *SWEEP, "hydra.launcher.partition=no_such_partition",
+                 f"hydra.sweep.dir={tmp_path}")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "nfebench: error: SLURM partition 'no_such_partition' does not exist (see `sinfo`); set hydra.launcher.partition=..."]

@@ -1,15 +1,14 @@
 """The CPU leaderboard: ranking and best-cell marking, the committed files, and the CI check that fails
 when a committed number differs from a fresh run."""
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from results import leaderboard as lb
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import run_module
+from common.paths import REPO
+
 COMMITTED = REPO / "results" / "leaderboard"
 # A miniature of leaderboard_cpu: same experiment, sweeper and renderer, two solvers, two NFEs, one model.
 MINI = ["hydra.sweeper.setups=[['model=gaussian','metrics=exact','num_samples=200','batch_size=200']]",
@@ -17,8 +16,7 @@ MINI = ["hydra.sweeper.setups=[['model=gaussian','metrics=exact','num_samples=20
 
 
 def leaderboard(*args):
-    return subprocess.run([sys.executable, "-m", "results.leaderboard", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    return run_module("results.leaderboard", *args, timeout=600)
 
 
 def test_check_passes_on_a_fresh_copy_and_fails_when_a_committed_number_changes(tmp_path):

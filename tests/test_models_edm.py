@@ -26,16 +26,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from launch.run import plan, sample_batches
+from launch.run import load_model, plan, sample_batches
 from models.edm.precond import PRECONDS
 from models.registry import build_model
 from common.errors import NfebenchError
 from sampling.registry import get_solver
-from helpers import compose_cfg, every_solver_runs
+from helpers import CONFIGS, compose_cfg, every_solver_runs, launch
 from sampling.seeds import SampleNoise
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
 get_solver("ddim")  # registers every solver
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -357,11 +355,9 @@ def test_heun_with_edms_final_step_reproduces_generate_py(name, tmp_path):
     path, _, _ = miniature(name, tmp_path)
     cfg = compose_cfg(f"model={name}", f"model.path={path}", *EDM_HEUN, "nfe=35", "num_samples=2", "batch_size=1",
                       "metrics=none", "dtype=float64", "seed=5")
-    model, spec, opts, ts, dtype = plan(cfg)
-    got = []
-    counted, _ = sample_batches(cfg, model, spec, opts, ts, dtype, torch.device("cpu"),
-                                lambda x, x0, idx: got.append(x))
-    assert counted == 35 and len(ts) == 18  # 17 Heun steps down to sigma_min + the x0 step = EDM's 18 steps
+    p, model, got = plan(cfg), load_model(cfg), []
+    counted = sample_batches(cfg, p, model, torch.device("cpu"), lambda x, x0, idx: got.append(x)).counted
+    assert counted == 35 and len(p.ts) == 18  # 17 Heun steps down to sigma_min + the x0 step = EDM's 18 steps
     latents = SampleNoise(5, range(2), model.shape).draw()
     labels = None
     if model.num_classes:
@@ -372,18 +368,16 @@ def test_heun_with_edms_final_step_reproduces_generate_py(name, tmp_path):
     # float64 rounding-order differences can flip one float32 ulp inside the network; a wrong grid or final step
     # would be off by orders of magnitude more
     assert torch.allclose(x, want, rtol=0, atol=1e-6 * float(want.abs().max())), float((x - want).abs().max())
-    assert float(ts[-1]) == pytest.approx(max(0.002, float(model.net.sigma_min)), rel=1e-12)
+    assert float(p.ts[-1]) == pytest.approx(max(0.002, float(model.net.sigma_min)), rel=1e-12)
 
 
-def test_edm_sampler_settings_through_launch_py(tmp_path):
+def test_edm_heun_settings_through_launch_py_run_35_nfe_on_the_edm_sigma_grid(tmp_path):
     import json
-    import subprocess
 
     path, _, _ = miniature("cifar10_edm", tmp_path)
     run = tmp_path / "run"
-    r = subprocess.run([sys.executable, str(REPO / "launch.py"), "model=cifar10_edm", f"model.path={path}", *EDM_HEUN,
-                        "nfe=35", "num_samples=2", "metrics=none", f"hydra.run.dir={run}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = launch("model=cifar10_edm", f"model.path={path}", *EDM_HEUN, "nfe=35", "num_samples=2", "metrics=none",
+               f"hydra.run.dir={run}", env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     rec = json.loads((run / "record.json").read_text())
     assert rec["nfe"]["counted"] == 35 and rec["solver"]["steps"] == 17
@@ -393,12 +387,9 @@ def test_edm_sampler_settings_through_launch_py(tmp_path):
 
 
 def test_cli_missing_checkpoint_exits_2_with_one_line(tmp_path):
-    import subprocess
-
-    env = {**os.environ, "NFEBENCH_CKPT_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    r = subprocess.run([sys.executable, str(REPO / "launch.py"), "model=cifar10_edm", "solver=heun", "nfe=35", "metrics=none",
-                        f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, env=env,
-                       timeout=300)
+    env = {"NFEBENCH_CKPT_DIR": str(tmp_path)}
+    r = launch("model=cifar10_edm", "solver=heun", "nfe=35", "metrics=none", f"hydra.run.dir={tmp_path / 'run'}",
+               env=env)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("nfebench: error:")
     assert "edm-cifar10-32x32-uncond-vp.pkl" in lines[0] and not (tmp_path / "run" / "record.json").exists()

@@ -5,31 +5,20 @@ and loads it through the real model config with `model.path` overridden, then sa
 launch.run.plan / sample_batches (the path `launch.py` takes).
 """
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 import diffusers  # noqa: F401  (a declared dependency: missing must fail, not skip)
 from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DModel, VQModel
 
-from launch.run import plan, sample_batches
+from launch.run import load_model, plan, sample_batches
 from models.registry import build_model
 from common.errors import NfebenchError
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-
-
-def compose_cfg(*overrides) -> dict:
-    with initialize_config_dir(str(CONFIGS), version_base=None):
-        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+from helpers import compose_cfg, launch
 
 
 def _bump(net, scale=1.5, seed=0):
@@ -98,12 +87,10 @@ IMAGE_MODELS = {
 
 
 def run_path(cfg):
-    """plan + sample_batches as run_experiment does; returns (samples, counted, stats, model)."""
-    model, spec, opts, ts, dtype = plan(cfg)
-    got, stats = [], {}
-    counted, _ = sample_batches(cfg, model, spec, opts, ts, dtype, torch.device("cpu"),
-                                lambda x, x0, idx: got.append(x), stats)
-    return torch.cat(got), counted, stats, model
+    """plan + load_model + sample_batches as run_experiment does; returns (samples, counted, stats, model)."""
+    model, got = load_model(cfg), []
+    stats = sample_batches(cfg, plan(cfg), model, torch.device("cpu"), lambda x, x0, idx: got.append(x))
+    return torch.cat(got), stats.counted, stats, model
 
 
 @pytest.mark.parametrize("name", sorted(IMAGE_MODELS))
@@ -117,9 +104,9 @@ def test_every_image_model_config_samples_through_the_run_path(name, tmp_path):
         x, counted, stats, model = run_path(cfg)
         assert x.shape == (n, *image_shape) and x.dtype == torch.float32
         assert bool(torch.isfinite(x).all())
-        assert counted == nfe and stats["network_evals"] == per_nfe * nfe
+        assert counted == nfe and stats.network_evals == per_nfe * nfe
         if getattr(model, "latent", False):
-            assert x.min() >= -1 and x.max() <= 1 and stats["decode_s"] > 0
+            assert x.min() >= -1 and x.max() <= 1 and stats.decode_s > 0
             assert tuple(model.shape) != image_shape  # sampled in latent space, decoded after
         assert x.std() > 0
     rec = model.describe()
@@ -146,7 +133,7 @@ def test_model_configs_name_their_checkpoint_and_schedule():
               "celebahq_ldm": "CompVis/ldm-celebahq-256", "imagenet256_dit": "facebook/DiT-XL-2-256"}
     for name, repo in expect.items():
         m = compose_cfg(f"model={name}")["model"]
-        assert m["repo_id"] == repo and m["prediction"] == "eps" and m["noise_schedule"]["type"] == "vp_discrete"
+        assert m["repo_id"] == repo and m["prediction"] == "eps" and m["noise_schedule"]["name"] == "vp_discrete"
         assert m["fid_reference"]["num_samples"] in (10000, 50000)
         ns = m["noise_schedule"]
         betas = (ns["betas"], ns["beta_start"], ns["beta_end"], ns["num_train_timesteps"])
@@ -322,11 +309,6 @@ def test_edm_pickles_without_the_file_name_it_and_its_url_in_one_line(tmp_path, 
     monkeypatch.setenv("NFEBENCH_CKPT_DIR", str(tmp_path))
     with pytest.raises(NfebenchError, match=r"checkpoint edm-cifar10-32x32-uncond-vp\.pkl not found .*nvlabs-fi-cdn"):
         build_model(compose_cfg("model=cifar10_edm")["model"])
-
-
-def launch(*args, env=None):
-    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.slow

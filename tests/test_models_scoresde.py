@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,8 +22,6 @@ from common.errors import NfebenchError
 from sampling.registry import get_solver
 from helpers import compose_cfg, every_solver_runs
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
 get_solver("ddim")  # registers every solver
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ from sampling.seeds import SampleNoise
 
 
 def digits(rtol=1e-6, std=0.1):
-    return build_model({"family": "digits", "noise_schedule": {"type": "vp_linear"}, "ode_rtol": rtol, "std": std})
+    return build_model({"family": "digits", "noise_schedule": {"name": "vp_linear"}, "ode_rtol": rtol, "std": std})
 
 
 def run(model, cache, seed=0, t_end=None, **kw):
@@ -48,5 +48,5 @@ def test_cache_key_follows_noise_t_range_and_model(tmp_path):
     run(m, tmp_path, t_end=0.01)  # other t range
     other, s = run(digits(std=0.2), tmp_path)  # other model
     assert s.cache.built == 1 and len(list((tmp_path / "ode_reference").glob("*.npz"))) == 4
-    gauss = build_model({"family": "gaussian", "shape": [1, 2, 2], "noise_schedule": {"type": "vp_linear"}})
+    gauss = build_model({"family": "gaussian", "shape": [1, 2, 2], "noise_schedule": {"name": "vp_linear"}})
     assert run(gauss, tmp_path)[1].cache is None  # a closed form is not cached

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import gaussian, solve
+from helpers import gaussian, solve_steps
 from metrics.frechet import frechet_distance
 from models.counter import BudgetExceeded
 from common.errors import NfebenchError
@@ -31,7 +31,7 @@ def sigma_grid(model, steps, s0=1.0, s1=0.2):
 
 def ode_err(model, solver, steps, **opts):
     ts = sigma_grid(model, steps)
-    x, x_start, _, _ = solve(model, solver, steps, grid="explicit", grid_opts={"ts": ts}, **opts)
+    x, x_start, _, _ = solve_steps(model, solver, steps, grid="explicit", grid_opts={"ts": ts}, **opts)
     ref = model.ode_solution(x_start, float(ts[0]), float(ts[-1]))
     return float((x - ref).pow(2).mean().sqrt())
 
@@ -47,7 +47,7 @@ ORDERS = [("euler", {}, 1), ("heun", {}, 2), ("heun", {"final_euler": False}, 2)
 
 
 @pytest.mark.parametrize("solver,opts,order", ORDERS, ids=[f"{s}-{o}" for s, o, _ in ORDERS])
-def test_convergence_order(solver, opts, order):
+def test_classic_solvers_fit_their_theoretical_ode_order(solver, opts, order):
     model = gaussian()
     spec = get_solver(solver)
     steps = [64, 128, 256]
@@ -63,7 +63,7 @@ def test_higher_ipndm_order_is_more_accurate_at_low_nfe():
 
 
 def _moment_error(model, solver, steps, grid, n=1000, **opts):
-    x, _, ts, counter = solve(model, solver, steps, grid=grid, n=n, **opts)
+    x, _, ts, counter = solve_steps(model, solver, steps, grid=grid, n=n, **opts)
     assert counter.count == get_solver(solver).cost(steps, **opts)
     mu, cov = model.marginal_moments(float(ts[-1]))
     f = x.reshape(len(x), -1).numpy()
@@ -78,7 +78,7 @@ SDES = [("ddpm", {}, "time_uniform"), ("ddpm", {"variance": "fixed_large"}, "tim
 
 
 @pytest.mark.parametrize("solver,opts,grid", SDES, ids=[f"{s}-{o}" for s, o, _ in SDES])
-def test_sde_moments_converge(solver, opts, grid):
+def test_stochastic_classic_solvers_moment_error_shrinks_with_nfe(solver, opts, grid):
     """Fréchet distance between sample moments and the exact marginal at t_end shrinks with NFE."""
     model = gaussian()
     errs = [_moment_error(model, solver, s, grid, **opts) for s in (4, 16, 48)]
@@ -94,7 +94,7 @@ SOLVER_OPTS = [("euler", {}), ("euler", {"S_churn": 5}), ("heun", {}), ("heun", 
 
 
 @pytest.mark.parametrize("solver,opts", SOLVER_OPTS, ids=[f"{s}-{o}" for s, o in SOLVER_OPTS])
-def test_nfe_accounting(solver, opts):
+def test_classic_solvers_spend_exactly_their_cost_and_refuse_one_nfe_less(solver, opts):
     """steps(nfe) is the most steps that fit; the counter sees exactly cost(steps); one less NFE refuses."""
     spec = get_solver(solver)
     model = gaussian()
@@ -102,14 +102,14 @@ def test_nfe_accounting(solver, opts):
         steps = spec.steps(nfe, **opts)
         assert steps >= 1 and spec.cost(steps, **opts) <= nfe < spec.cost(steps + 1, **opts), (nfe, steps)
     for steps in (1, 2, 3, 4, 7):
-        x, _, _, counter = solve(model, solver, steps, n=2, budget=spec.cost(steps, **opts), **opts)
+        x, _, _, counter = solve_steps(model, solver, steps, n=2, budget=spec.cost(steps, **opts), **opts)
         assert counter.count == spec.cost(steps, **opts) and torch.isfinite(x).all()
         with pytest.raises(BudgetExceeded):
-            solve(model, solver, steps, n=2, budget=spec.cost(steps, **opts) - 1, **opts)
+            solve_steps(model, solver, steps, n=2, budget=spec.cost(steps, **opts) - 1, **opts)
     assert spec.steps(spec.min_nfe(**opts) - 1, **opts) < 1
 
 
-def test_pndm_paper_nfe_rule():
+def test_pndm_cost_follows_the_papers_nfe_rule():
     """PNDM paper: F-PNDM with S steps spends S + 9 evaluations (3 pseudo-RK4 steps of 4); PLMS/S-PNDM S + 1."""
     spec = get_solver("pndm")
     for s in range(3, 60):
@@ -133,29 +133,29 @@ def test_churn_off_is_deterministic_and_draws_nothing():
 
 
 def test_churn_respects_schedule_range():
-    model = gaussian(noise={"type": "vp_discrete"})
+    model = gaussian(noise={"name": "vp_discrete"})
     ts = make_grid(model.noise, 5, "time_uniform")
     rng = SampleNoise(0, range(2), model.shape)
     with pytest.raises(NfebenchError, match="churn"):
         get_solver("euler").fn(model, rng.draw(), ts, model.noise, rng, S_churn=10.0)
 
 
-def test_bad_options_refuse():
+def test_bad_classic_solver_options_are_refused():
     model = gaussian()
     with pytest.raises(NfebenchError):
-        solve(model, "pndm", 3, method="rk45")
+        solve_steps(model, "pndm", 3, method="rk45")
     with pytest.raises(NfebenchError):
-        solve(model, "ipndm", 3, order=5)
+        solve_steps(model, "ipndm", 3, order=5)
     with pytest.raises(NfebenchError):
-        solve(model, "ddpm", 3, variance="learned")
+        solve_steps(model, "ddpm", 3, variance="learned")
     with pytest.raises(NfebenchError):
-        solve(model, "score_sde_pc", 3, predictor="ode")
+        solve_steps(model, "score_sde_pc", 3, predictor="ode")
 
 
 def test_stochastic_samples_do_not_depend_on_batching():
     model = gaussian()
     for solver, opts in (("ddpm", {}), ("score_sde_pc", {}), ("heun", {"S_churn": 10})):
-        whole, _, _, _ = solve(model, solver, 5, n=4, **opts)
+        whole, _, _, _ = solve_steps(model, solver, 5, n=4, **opts)
         spec, ts = get_solver(solver), make_grid(model.noise, 5, "logsnr")
         rng = SampleNoise(0, [2, 3], model.shape)
         part = spec.fn(model, float(model.noise.sigma(ts[0])) * rng.draw(), ts, model.noise, rng, **opts)
@@ -187,9 +187,9 @@ GOLDEN = {
 
 
 @pytest.mark.parametrize("key", sorted(GOLDEN))
-def test_golden(key):
+def test_classic_solvers_reproduce_their_golden_sample_moments(key):
     solver, opts = GOLDEN_CASES[key]
-    x, _, _, _ = solve(gaussian(), solver, 6, n=4, **opts)
+    x, _, _, _ = solve_steps(gaussian(), solver, 6, n=4, **opts)
     mean, mean_abs = GOLDEN[key]
     assert float(x.mean()) == pytest.approx(mean, rel=1e-9, abs=1e-12)
     assert float(x.abs().mean()) == pytest.approx(mean_abs, rel=1e-9)
@@ -213,8 +213,8 @@ GOLDEN_CASES = {
 @pytest.mark.parametrize("base,plain,opts", [("ddim", "ddim", {}), ("ipndm", "ipndm", {"order": 4})])
 def test_time_shift_without_window_is_its_base(base, plain, opts):
     model = gaussian()
-    a, _, _, ca = solve(model, "time_shift", 8, n=4, base=base, window=0)
-    b, _, _, _ = solve(model, plain, 8, n=4, **opts)
+    a, _, _, ca = solve_steps(model, "time_shift", 8, n=4, base=base, window=0)
+    b, _, _, _ = solve_steps(model, plain, 8, n=4, **opts)
     assert torch.allclose(a, b, rtol=0, atol=1e-13) and ca.count == 8
 
 
@@ -241,11 +241,11 @@ def _ref_time_shift_ddim(model, x, ts, window, width, data_var):
 @pytest.mark.parametrize("data_var", [0.0, 0.3])
 def test_time_shift_matches_per_sample_reference(data_var):
     model = gaussian()
-    x, x_start, ts, counter = solve(model, "time_shift", 7, n=12, base="ddim", window=3, width=0.5,
+    x, x_start, ts, counter = solve_steps(model, "time_shift", 7, n=12, base="ddim", window=3, width=0.5,
                                     data_var=data_var, grid="time_uniform")
     ref = _ref_time_shift_ddim(model, x_start, ts, 3, 0.5, data_var)
     assert torch.allclose(x, ref, rtol=1e-10, atol=1e-12)
-    plain, _, _, _ = solve(model, "ddim", 7, n=12, grid="time_uniform")
+    plain, _, _, _ = solve_steps(model, "ddim", 7, n=12, grid="time_uniform")
     assert not torch.allclose(x, plain, atol=1e-6)  # the shift did act
     assert counter.count == get_solver("time_shift").cost(7, window=3) == 1 + 6 * 7
 
@@ -253,7 +253,7 @@ def test_time_shift_matches_per_sample_reference(data_var):
 def test_time_shift_is_batch_independent_and_budgeted():
     model = gaussian()
     spec = get_solver("time_shift")
-    whole, _, _, counter = solve(model, "time_shift", 6, n=6, base="ipndm", window=2, data_var=0.3,
+    whole, _, _, counter = solve_steps(model, "time_shift", 6, n=6, base="ipndm", window=2, data_var=0.3,
                                  budget=spec.cost(6, window=2))
     ts = make_grid(model.noise, 6, "logsnr")
     rng = SampleNoise(0, [4, 5], model.shape)
@@ -263,13 +263,13 @@ def test_time_shift_is_batch_independent_and_budgeted():
     assert counter.count == spec.cost(6, window=2) == 1 + 5 * 5
     assert spec.describe(6, window=2)["nfe_paper_convention"] == 6
     with pytest.raises(BudgetExceeded):
-        solve(model, "time_shift", 6, n=2, window=2, budget=spec.cost(6, window=2) - 1)
+        solve_steps(model, "time_shift", 6, n=2, window=2, budget=spec.cost(6, window=2) - 1)
 
 
 def test_discrete_spacing_refuses_continuous_schedules_and_bad_rules():
     with pytest.raises(NfebenchError, match="vp_discrete"):
         make_grid(gaussian().noise, 5, "discrete")
-    disc = gaussian(noise={"type": "vp_discrete"}).noise
+    disc = gaussian(noise={"name": "vp_discrete"}).noise
     with pytest.raises(NfebenchError, match="spacing"):
         make_grid(disc, 5, "discrete", spacing="cosine")
     ts = make_grid(disc, 4, "discrete", spacing="leading", steps_offset=1)

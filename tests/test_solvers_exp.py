@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from models.counter import CountedDenoiser
 from models.registry import build_model
 from common.errors import NfebenchError
 from sampling.registry import get_solver
@@ -22,36 +21,14 @@ from sampling.solvers.expint import lagrange_weights, predict, step
 from sampling.solvers.grid import grid_coeffs
 from sampling.timesteps import make_grid
 
+from helpers import fitted_order_nfe, solve_nfe, x_noise
+
 NEVER = {"lower_order_final": "never"}
 
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model({"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"type": "vp_linear"}})
-
-
-def x_noise():
-    return torch.randn(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-
-
-def solve(model, name, nfe, grid="logsnr", rng=None, **opts):
-    spec = get_solver(name)
-    ts = make_grid(model.noise, spec.steps(nfe, **opts), grid)
-    x = float(model.noise.sigma(ts[0])) * x_noise()
-    counter = CountedDenoiser(model, budget=nfe)
-    out = spec.fn(counter, x, ts, model.noise, rng, **opts)
-    return out, x, ts, counter.count
-
-
-def rel_error(model, name, nfe, **opts):
-    out, x, ts, _ = solve(model, name, nfe, **opts)
-    ref = model.ode_solution(x, float(ts[0]), float(ts[-1]))
-    return float((out - ref).norm() / ref.norm())
-
-
-def fitted_order(model, name, nfes, **opts):
-    errors = [rel_error(model, name, n, **opts) for n in nfes]
-    return -np.polyfit(np.log(nfes), np.log(errors), 1)[0]
+    return build_model({"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"name": "vp_linear"}})
 
 
 LOW, MID, HIGH = [16, 22, 32, 45, 64], [32, 45, 64, 90, 128], [128, 181, 256, 362, 512]
@@ -78,8 +55,8 @@ ORDER_CASES = [
     ("dpm_solver", {"order": 3, "outer_grid": "fine"}, FAST3, 3),
     # 3M as in the DPM-Solver reference code and diffusers (reproduced exactly, see
     # test_vs_diffusers_exp) weights the second divided difference by h*phi_3 where exact
-    # quadratic integration needs 2*h*phi_3 (test_multistep_local_orders): one step is O(h^3),
-    # so 3M converges with order 2 globally, like 2M with a smaller constant.
+    # quadratic integration needs 2*h*phi_3 (test_one_multistep_step_has_the_local_order_of_its_weights):
+    # one step is O(h^3), so 3M converges with order 2 globally, like 2M with a smaller constant.
     ("dpmpp", {"order": 3, **NEVER}, HIGH, 2),
     ("dpm_solver", {"method": "multistep", "order": 3, **NEVER}, HIGH, 2),
     # UniC adds one order to UniP-p (Zhao et al. 2023, Thm 3.1).
@@ -93,8 +70,8 @@ ORDER_CASES = [
 
 @pytest.mark.parametrize("name,opts,nfes,expected", ORDER_CASES,
                          ids=[f"{c[0]}-{c[1]}" for c in ORDER_CASES])
-def test_convergence_order(model, name, opts, nfes, expected):
-    order = fitted_order(model, name, nfes, **opts)
+def test_exponential_integrators_fit_their_stated_ode_order(model, name, opts, nfes, expected):
+    order = fitted_order_nfe(model, name, nfes, **opts)
     assert abs(order - expected) <= 0.3, f"{name} {opts}: fitted order {order:.2f}, expected {expected}"
 
 
@@ -121,7 +98,7 @@ HS = [0.2, 0.1, 0.05, 0.025]
 
 @pytest.mark.parametrize("form", ["data", "eps"])
 @pytest.mark.parametrize("weights,expected", [("lagrange", 4), ("dpm_3m", 3)])
-def test_multistep_local_orders(model, form, weights, expected):
+def test_one_multistep_step_has_the_local_order_of_its_weights(model, form, weights, expected):
     """One 3-point multistep step from exact history: DEIS's Lagrange weights have local error
     O(h^4) (third order); the reference 3M weights O(h^3) (the halved D2 term)."""
     errors = []
@@ -140,7 +117,7 @@ def test_multistep_local_orders(model, form, weights, expected):
 
 @pytest.mark.parametrize("form", ["data", "eps"])
 @pytest.mark.parametrize("order", [1, 2, 3])
-def test_singlestep_block_local_order(model, form, order):
+def test_one_singlestep_block_of_order_k_has_local_error_h_to_the_k_plus_1(model, form, order):
     """One DPM-Solver(++)-k block from the exact state: local error O(h^(k+1))."""
     noise, errors = model.noise, []
     l0 = float(noise.lam(0.5))
@@ -155,7 +132,7 @@ def test_singlestep_block_local_order(model, form, order):
 
 
 @pytest.mark.parametrize("noise_type", ["vp_linear", "vp_cosine"])
-def test_deis_t_weights_against_quadrature(noise_type):
+def test_deis_t_weights_equal_scipy_quadrature(noise_type):
     """DEIS tAB weights w_j = alpha_{k+1} int ell_j(tau) rho'(tau) dtau (by parts + Gauss-Legendre in the
     solver) against scipy's adaptive quadrature of the integrand itself, with rho' by central differences."""
     from scipy.integrate import quad
@@ -180,7 +157,7 @@ def test_deis_t_weights_against_quadrature(noise_type):
 @pytest.mark.parametrize("grid", ["logsnr", "time_uniform"])
 def test_first_order_solvers_equal_ddim(model, grid):
     """DPM-Solver-1 = DPM-Solver++-1 = UniPC-1 predictor = DEIS-1 = DDIM on the same grid."""
-    ref, *_ = solve(model, "ddim", 12, grid=grid)
+    ref, *_ = solve_nfe(model, "ddim", 12, grid=grid)
     same = [("dpmpp", {"order": 1}), ("dpmpp", {"method": "singlestep", "order": 1, "outer_grid": "fine"}),
             ("dpm_solver", {"order": 1, "outer_grid": "fine"}), ("dpm_solver", {"method": "multistep", "order": 1}),
             ("unipc", {"order": 1, "corrector": False}), ("deis", {"order": 1}),
@@ -188,10 +165,10 @@ def test_first_order_solvers_equal_ddim(model, grid):
     if grid == "logsnr":  # the paper's outer-grid rule regrids uniformly in log-SNR: same grid here
         same.append(("dpm_solver", {"order": 1, "outer_grid": "logsnr"}))
     for name, opts in same:
-        out, *_ = solve(model, name, 12, grid=grid, **opts)
+        out, *_ = solve_nfe(model, name, 12, grid=grid, **opts)
         assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12), (name, opts)
     # ...and the corrector really changes UniPC-1 (so the comparison above could fail)
-    out, *_ = solve(model, "unipc", 12, grid=grid, order=1)
+    out, *_ = solve_nfe(model, "unipc", 12, grid=grid, order=1)
     assert not torch.allclose(out, ref, rtol=1e-6, atol=1e-6)
 
 
@@ -211,20 +188,20 @@ def test_fast_split_spends_every_budget():
     ("dpmpp", {"order": 3}), ("unipc", {"order": 3}), ("deis", {"order": 3}), ("dpmpp_sde", {"order": 2}),
 ])
 @pytest.mark.parametrize("nfe", [1, 2, 3, 5, 8, 11])
-def test_nfe_accounting(model, name, opts, nfe):
+def test_exponential_integrators_spend_exactly_every_nfe_budget(model, name, opts, nfe):
     """Counted evaluations = nfe for every budget, including order 3 with 1 or 2 evaluations and
     singlestep budgets 3m-1 (they degrade to lower orders by the fast split, never overrun)."""
     from sampling.seeds import SampleNoise
 
     rng = SampleNoise(0, range(3), (1, 4, 4))
-    out, _, ts, count = solve(model, name, nfe, rng=rng, **opts)
+    out, _, ts, count = solve_nfe(model, name, nfe, rng=rng, **opts)
     assert count == nfe == len(ts) - 1 and torch.isfinite(out).all()
     facts = get_solver(name).describe(len(ts) - 1, **opts)
     orders = facts.get("block_orders") or facts["step_orders"]
     assert max(orders) <= 3 and (sum(orders) == nfe if "block_orders" in facts else len(orders) == nfe)
 
 
-def test_describe_records_what_ran():
+def test_describe_reports_the_orders_and_grid_that_ran():
     d = get_solver("dpm_solver").describe(6, order=3, outer_grid="logsnr")
     assert d == {"method": "singlestep", "block_orders": [3, 2, 1], "outer_steps": 3, "outer_grid": "logsnr"}
     d = get_solver("dpmpp").describe(8, order=3, lower_order_final="below_10")
@@ -239,9 +216,9 @@ def test_describe_records_what_ran():
     ("dpmpp_sde", {"order": 3}, "order"), ("deis", {"lower_order_final": "sometimes"}, "lower_order_final"),
     ("deis", {"basis": "lambda"}, "basis"),
 ])
-def test_bad_options_are_refused(model, name, opts, message):
+def test_bad_exponential_integrator_options_are_refused(model, name, opts, message):
     with pytest.raises(NfebenchError, match=message):
-        solve(model, name, 6, **opts)
+        solve_nfe(model, name, 6, **opts)
 
 
 class UnitNoise:
@@ -263,7 +240,7 @@ class UnitNoise:
 
 
 def sde_moment_errors(order, nfe):
-    m = build_model({"family": "gaussian", "shape": [1, 2, 2], "noise_schedule": {"type": "vp_linear"}})
+    m = build_model({"family": "gaussian", "shape": [1, 2, 2], "noise_schedule": {"name": "vp_linear"}})
     ts = make_grid(m.noise, nfe, "logsnr")
     rng = UnitNoise(4, nfe, (1, 2, 2))
     x = float(m.noise.sigma(ts[0])) * rng.block(0)
@@ -275,7 +252,7 @@ def sde_moment_errors(order, nfe):
 
 
 @pytest.mark.parametrize("order,expected", [(1, 1), (2, 2)])
-def test_sde_moments_converge(order, expected):
+def test_sde_dpmpp_moments_converge_with_its_order(order, expected):
     """Exact output mean/covariance of SDE-DPM-Solver++ vs the exact marginal at t_end. The mean
     error floor (~2e-5) is the start N(0, sigma_T^2 I) instead of the true x_T marginal."""
     nfes = [32, 64, 128]
@@ -323,13 +300,13 @@ def golden_runs():
     }
     out = {}
     for key, (name, opts) in runs.items():
-        m = build_model({"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"type": "vp_linear"}})
-        x, *_ = solve(m, name, 10, rng=SampleNoise(0, range(3), (1, 4, 4)), **opts)
+        m = build_model({"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"name": "vp_linear"}})
+        x, *_ = solve_nfe(m, name, 10, rng=SampleNoise(0, range(3), (1, 4, 4)), **opts)
         out[key] = (float(x.mean()), float(x.abs().mean()))
     return out
 
 
-def test_golden_values():
+def test_exponential_integrators_reproduce_their_golden_sample_moments():
     got = golden_runs()
     assert set(got) == set(GOLDEN)
     for key, (mean, mean_abs) in GOLDEN.items():

@@ -10,14 +10,11 @@ of the error is negligible, which is what the fits show.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
-from models.counter import CountedDenoiser
 from models.registry import build_model
-from sampling.registry import get_solver
-from sampling.timesteps import make_grid
+
+from helpers import fitted_order_nfe, rel_error_nfe
 
 MID, HIGH = [32, 64, 128], [128, 256, 512]
 NEVER = {"lower_order_final": "never"}
@@ -25,22 +22,7 @@ NEVER = {"lower_order_final": "never"}
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model({"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"type": "vp_linear"}})
-
-
-def rel_error(model, name, nfe, grid, **opts):
-    spec = get_solver(name)
-    ts = make_grid(model.noise, spec.steps(nfe, **opts), grid)
-    x = float(model.noise.sigma(ts[0])) * torch.randn(3, 1, 4, 4, dtype=torch.float64,
-                                                      generator=torch.Generator().manual_seed(0))
-    out = spec.fn(CountedDenoiser(model, budget=nfe), x, ts, model.noise, None, **opts)
-    ref = model.ode_solution(x, float(ts[0]), float(ts[-1]))
-    return float((out - ref).norm() / ref.norm())
-
-
-def fitted(model, name, nfes, grid, **opts):
-    errs = [rel_error(model, name, n, grid, **opts) for n in nfes]
-    return -float(np.polyfit(np.log(nfes), np.log(errs), 1)[0])
+    return build_model({"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"name": "vp_linear"}})
 
 
 # (solver, options, NFE range, {grid: expected fitted order}); measured values in the comments
@@ -60,23 +42,23 @@ CASES = [
 
 
 @pytest.mark.parametrize("method,expected", [("plms", 1.67), ("f_pndm", 1.78)])
-def test_pndm_on_its_default_time_uniform_grid(model, method, expected):
-    assert abs(fitted(model, "pndm", [65, 129, 257] if method == "plms" else [73, 137, 265], "time_uniform",
+def test_pndm_fits_its_stated_order_on_its_default_time_uniform_grid(model, method, expected):
+    assert abs(fitted_order_nfe(model, "pndm", [65, 129, 257] if method == "plms" else [73, 137, 265], "time_uniform",
                       method=method) - expected) <= 0.3
 
 
 @pytest.mark.parametrize("name,opts,nfes,expected", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 @pytest.mark.parametrize("grid", ["karras", "logsnr"])
-def test_order_on_grid(model, name, opts, nfes, expected, grid):
-    order = fitted(model, name, nfes, grid, **opts)
+def test_solvers_fit_their_stated_order_on_karras_and_logsnr_grids(model, name, opts, nfes, expected, grid):
+    order = fitted_order_nfe(model, name, nfes, grid, **opts)
     assert abs(order - expected[grid]) <= 0.3, f"{name} {opts} on {grid}: fitted {order:.2f}"
 
 
 def test_3m_exact_beats_reference_and_differs_only_at_order_3(model):
-    ratio = [rel_error(model, "dpmpp", n, "karras", order=3, variant="exact", **NEVER)
-             / rel_error(model, "dpmpp", n, "karras", order=3, **NEVER) for n in (64, 256)]
+    ratio = [rel_error_nfe(model, "dpmpp", n, "karras", order=3, variant="exact", **NEVER)
+             / rel_error_nfe(model, "dpmpp", n, "karras", order=3, **NEVER) for n in (64, 256)]
     assert ratio[0] < 1 and ratio[1] < ratio[0] / 2  # seen 0.75 at 64 NFE; the gap grows by one order of N
     for order in (1, 2):  # the variant only changes the D2 weight of 3M steps
-        a = rel_error(model, "dpmpp", 20, "karras", order=order, **NEVER)
-        b = rel_error(model, "dpmpp", 20, "karras", order=order, variant="exact", **NEVER)
+        a = rel_error_nfe(model, "dpmpp", 20, "karras", order=order, **NEVER)
+        b = rel_error_nfe(model, "dpmpp", 20, "karras", order=order, variant="exact", **NEVER)
         assert a == b

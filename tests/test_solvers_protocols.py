@@ -9,19 +9,18 @@ run path (launch.run.plan / sample_batches on a Hydra-composed config, as launch
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from launch.run import plan, sample_batches
+from launch.run import load_model, plan, sample_batches
 from common.errors import NfebenchError
 from sampling.seeds import SampleNoise
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from helpers import CONFIGS
+
 BETAS = np.linspace(1e-4, 0.02, 1000)  # DDPM's linear schedule = model/noise_schedule=vp_discrete
 
 
@@ -29,14 +28,13 @@ def run(*overrides):
     """(samples, initial noise, grid, counted NFE, record-style cfg) of a run composed as launch.py composes it."""
     with initialize_config_dir(str(CONFIGS), version_base=None):
         cfg = OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
-    model, spec, opts, ts, dtype = plan(cfg)
-    out = {}
+    p, model, out = plan(cfg), load_model(cfg), {}
 
     def keep(x, x0, idx):
         out["x"], out["start"] = x, x0
 
-    counted, _ = sample_batches(cfg, model, spec, opts, ts, dtype, torch.device("cpu"), keep)
-    return out["x"], out["start"], ts, counted, model
+    counted = sample_batches(cfg, p, model, torch.device("cpu"), keep).counted
+    return out["x"], out["start"], p.ts, counted, model
 
 
 GAUSS_DISCRETE = ["model=gaussian", "model/noise_schedule=vp_discrete", "num_samples=4", "batch_size=4",
@@ -155,7 +153,7 @@ def test_heun_final_step_edm_equals_edm_sampler(steps):
 
 def test_heun_final_step_rejects_unknown_and_churn():
     base = ["model=gaussian", "num_samples=2", "metrics=none", "solver=heun", "nfe=9"]
-    with pytest.raises(NfebenchError, match="final_step must be null or edm"):
+    with pytest.raises(NfebenchError, match="unknown heun final_step .euler.; valid: None, edm"):
         run(*base, "solver.final_step=euler")
     with pytest.raises(NfebenchError, match="final_step=edm is EDM's deterministic"):
         run(*base, "solver.final_step=edm", "solver.S_churn=5")

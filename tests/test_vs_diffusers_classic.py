@@ -29,29 +29,16 @@ from diffusers import DDPMScheduler, EulerDiscreteScheduler, HeunDiscreteSchedul
 from diffusers.schedulers import scheduling_ddpm  # noqa: E402
 
 from models.counter import CountedDenoiser  # noqa: E402
-from models.denoiser import Denoiser  # noqa: E402
 from common.errors import NfebenchError  # noqa: E402
 from sampling.registry import get_solver  # noqa: E402
 from sampling.schedules import make_noise_schedule  # noqa: E402
 from sampling.seeds import SampleNoise  # noqa: E402
 from sampling.timesteps import SPACINGS, make_grid  # noqa: E402
 
+from helpers import EpsUNet  # noqa: E402
+
 N_TRAIN = 1000
 SHAPE = (1, 8, 8)
-
-
-class UNetEps(Denoiser):
-    prediction = "eps"
-    shape = SHAPE
-
-    def __init__(self, unet):
-        self.unet = unet
-        self.noise = make_noise_schedule("vp_discrete", betas="linear", beta_start=1e-4, beta_end=0.02,
-                                         num_train_timesteps=N_TRAIN)
-
-    def predict(self, x, t, cond=None):
-        n = torch.full((x.shape[0],), float(self.noise.model_time(t)), dtype=x.dtype)
-        return self.unet(x, n).sample
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +51,7 @@ def model():
     with torch.no_grad():
         for p in unet.parameters():
             p.mul_(1.5)
-    return UNetEps(unet.double().eval())
+    return EpsUNet(unet.double().eval(), SHAPE)
 
 
 class CountingUNet:
@@ -109,7 +96,7 @@ def _no_grad():
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
-def test_ddpm(model, variance, monkeypatch):
+def test_ddpm_matches_diffusers_ddpm_scheduler_with_the_same_noise_and_calls(model, variance, monkeypatch):
     sched = DDPMScheduler(num_train_timesteps=N_TRAIN, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                           variance_type=variance, clip_sample=False, timestep_spacing="leading")
     sched.set_timesteps(10)
@@ -132,7 +119,7 @@ def test_ddpm(model, variance, monkeypatch):
     assert next(draws, None) is None  # diffusers used exactly our 9 noise draws (none at t = 0)
 
 
-def test_euler(model):
+def test_euler_matches_diffusers_euler_discrete_scheduler_and_its_call_count(model):
     sched = EulerDiscreteScheduler(num_train_timesteps=N_TRAIN, beta_schedule="linear", beta_start=1e-4,
                                    beta_end=0.02, timestep_spacing="leading", steps_offset=1,
                                    final_sigmas_type="sigma_min")
@@ -151,7 +138,7 @@ def test_euler(model):
     assert counted.count == unet.calls == 10
 
 
-def test_heun(model):
+def test_heun_matches_diffusers_heun_discrete_scheduler_in_2s_minus_1_calls(model):
     """diffusers' Heun ends with an Euler step to sigma = 0: our Heun with every step corrected on the
     first S points, then one x0 evaluation. Both spend 2S - 1 calls, EDM's count."""
     sched = HeunDiscreteScheduler(num_train_timesteps=N_TRAIN, beta_schedule="linear", beta_start=1e-4,
@@ -173,7 +160,7 @@ def test_heun(model):
 
 
 @pytest.mark.parametrize("method", ["plms", "f_pndm"])
-def test_pndm(model, method):
+def test_pndm_and_plms_match_diffusers_pndm_scheduler_at_the_papers_nfe(model, method):
     skip_prk = method == "plms"
     sched = PNDMScheduler(num_train_timesteps=N_TRAIN, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                           skip_prk_steps=skip_prk, set_alpha_to_one=False, steps_offset=1)

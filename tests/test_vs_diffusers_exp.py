@@ -18,28 +18,15 @@ import diffusers  # noqa: E402  (a test dependency: missing must fail, not skip)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers DEIS vs numpy 2
 
 from models.counter import CountedDenoiser  # noqa: E402
-from models.denoiser import Denoiser  # noqa: E402
 from sampling.registry import get_solver  # noqa: E402
-from sampling.schedules import make_noise_schedule  # noqa: E402
 from sampling.seeds import SampleNoise  # noqa: E402
+
+from helpers import EpsUNet  # noqa: E402
 
 N = 1000
 BETAS = dict(num_train_timesteps=N, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
 SHAPE = (3, 8, 8)
 TOL = 1e-5  # the issue asks 1e-4; seen <= 3e-7 (diffusers keeps alphas_cumprod in float32)
-
-
-class UNetEps(Denoiser):
-    prediction = "eps"
-
-    def __init__(self, unet):
-        self.unet, self.shape = unet, SHAPE
-        self.noise = make_noise_schedule("vp_discrete", betas="linear", beta_start=1e-4, beta_end=0.02,
-                                         num_train_timesteps=N)
-
-    def predict(self, x, t, cond=None):
-        n = torch.full((x.shape[0],), float(self.noise.model_time(t)), dtype=x.dtype)
-        return self.unet(x, n).sample
 
 
 def build_unet_model():
@@ -48,7 +35,7 @@ def build_unet_model():
                                  block_out_channels=(16, 32), norm_num_groups=8,
                                  down_block_types=("DownBlock2D", "DownBlock2D"),
                                  up_block_types=("UpBlock2D", "UpBlock2D")).double().eval()
-    return UNetEps(unet)
+    return EpsUNet(unet, SHAPE)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +80,7 @@ def _compare(model, sched, steps, name, **opts):
 # diffusers applies its lower_order_final below 15 steps: our rule "below_15".
 @pytest.mark.parametrize("order,steps", [(1, 8), (2, 10), (2, 16), (3, 10), (3, 16)])
 @pytest.mark.parametrize("algorithm,name", [("dpmsolver++", "dpmpp"), ("dpmsolver", "dpm_solver")])
-def test_dpmsolver_multistep(model, order, steps, algorithm, name):
+def test_dpm_solver_multistep_matches_diffusers_scheduler(model, order, steps, algorithm, name):
     sched = diffusers.DPMSolverMultistepScheduler(**BETAS, solver_order=order, algorithm_type=algorithm,
                                                   solver_type="midpoint", final_sigmas_type="sigma_min",
                                                   lower_order_final=True)
@@ -107,7 +94,7 @@ def test_dpmsolver_multistep(model, order, steps, algorithm, name):
 # coefficient, the paper's DPM-Solver-3 the phi_2 one (its exactness is checked in test_solvers_exp).
 @pytest.mark.parametrize("order,steps,lof", [(1, 7, True), (2, 9, True), (2, 10, False)])
 @pytest.mark.parametrize("algorithm,name", [("dpmsolver++", "dpmpp"), ("dpmsolver", "dpm_solver")])
-def test_dpmsolver_singlestep(model, order, steps, lof, algorithm, name):
+def test_dpm_solver_singlestep_matches_diffusers_scheduler(model, order, steps, lof, algorithm, name):
     sched = diffusers.DPMSolverSinglestepScheduler(**BETAS, solver_order=order, algorithm_type=algorithm,
                                                    solver_type="midpoint", final_sigmas_type="sigma_min",
                                                    lower_order_final=lof)
@@ -117,7 +104,7 @@ def test_dpmsolver_singlestep(model, order, steps, lof, algorithm, name):
 # UniPC lowers the order at the end for any number of steps: our rule "always".
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
-def test_unipc(model, order, variant):
+def test_unipc_bh1_and_bh2_match_diffusers_scheduler(model, order, variant):
     sched = diffusers.UniPCMultistepScheduler(**BETAS, solver_order=order, solver_type=variant, predict_x0=True,
                                               lower_order_final=True, final_sigmas_type="sigma_min")
     _compare(model, sched, 10, "unipc", order=order, variant=variant, lower_order_final="always")
@@ -126,13 +113,13 @@ def test_unipc(model, order, variant):
 # diffusers implements DEIS with the polynomial in log rho; our default basis "t" (the paper's tAB)
 # is checked against an independent quadrature in test_solvers_exp.
 @pytest.mark.parametrize("order,steps", [(1, 8), (2, 10), (3, 10), (3, 16)])
-def test_deis(model, order, steps):
+def test_deis_logrho_matches_diffusers_scheduler(model, order, steps):
     sched = diffusers.DEISMultistepScheduler(**BETAS, solver_order=order, lower_order_final=True)
     _compare(model, sched, steps, "deis", order=order, lower_order_final="below_15", basis="logrho")
 
 
 @pytest.mark.parametrize("order,steps", [(1, 8), (2, 10), (2, 16)])
-def test_sde_dpmpp_2m(model, order, steps):
+def test_sde_dpmpp_matches_diffusers_sde_dpmsolver_with_the_same_noise(model, order, steps):
     """Both sides get the same per-step noise: ours from rng.like, replayed into diffusers' variance_noise."""
     sched = diffusers.DPMSolverMultistepScheduler(**BETAS, solver_order=order, algorithm_type="sde-dpmsolver++",
                                                   solver_type="midpoint", final_sigmas_type="sigma_min",
@@ -147,7 +134,7 @@ def test_sde_dpmpp_2m(model, order, steps):
     assert float((ours - ref).norm() / ref.norm()) < TOL
 
 
-def test_ddim_equals_first_order(model):
+def test_every_first_order_solver_matches_diffusers_ddim(model):
     """diffusers DDIM (eta=0, no clipping, steps_offset=1, final alpha = alphas_cumprod[0]) vs every order-1 solver."""
     sched = diffusers.DDIMScheduler(**BETAS, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
                                     clip_sample=False)

@@ -13,9 +13,6 @@ x0 makes its output O(1) instead of O(100), so it is checked in absolute terms.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -24,13 +21,12 @@ from omegaconf import OmegaConf
 
 import diffusers  # noqa: F401  (a declared test dependency: missing must fail, not skip)
 
-from launch.run import plan, sample_batches
+from launch.run import load_model, plan, sample_batches
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import CONFIGS
 from test_models_pretrained import save_checkpoint  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DDPM_BETAS = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
 DEFAULT_SCHEDULERS = {
     "dpmpp": lambda: diffusers.DPMSolverMultistepScheduler(),
@@ -53,14 +49,13 @@ def ours(ckpt, solver, nfe, *extra):
                  "num_samples=2", "batch_size=2", "dtype=float64", "metrics=none", "device=cpu", *extra]
     with initialize_config_dir(str(CONFIGS), version_base=None):
         cfg = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
-    model, spec, opts, ts, dtype = plan(cfg)
-    out = {}
+    p, out = plan(cfg), {}
 
     def keep(x, x0, idx):
         out["x"], out["start"] = x, x0
 
-    counted, _ = sample_batches(cfg, model, spec, opts, ts, dtype, torch.device("cpu"), keep)
-    return out["x"], out["start"], ts, counted
+    counted = sample_batches(cfg, p, load_model(cfg), torch.device("cpu"), keep).counted
+    return out["x"], out["start"], p.ts, counted
 
 
 def diffusers_loop(ckpt, sched, num_steps, x, last_step_x0=False):
@@ -114,7 +109,7 @@ def test_protocol_grids_are_diffusers_timesteps(ckpt):
             cfg = OmegaConf.to_container(compose("config", overrides=[
                 "model=cifar10_ddpm", f"model.path={ckpt}", f"solver={solver}", f"nfe={nfe}", "protocol=diffusers"]),
                 resolve=True)
-        _, _, _, ts, _ = plan(cfg)
+        ts = plan(cfg).ts
         sched.set_timesteps(10)
         n = sched.timesteps.numpy().astype(np.float64)
         want = (n + 1) / 1000 if solver != "deis" else np.append((n + 1) / 1000, 1e-3)
@@ -142,7 +137,7 @@ def test_diffusers_grid_families_match_set_timesteps(family, spacing, offset):
         assert np.round(ts * 1000 - 1).tolist() == [901, 811, 721, 631, 541, 451, 361, 271, 181, 91]
 
 
-def test_unipc_bh1_with_final_sigma_zero(ckpt):
+def test_unipc_bh1_final_x0_step_is_finite_where_diffusers_returns_nan(ckpt):
     """diffusers' UniPC bh1 with its default final_sigmas_type="zero" returns NaN (B(h) = h with h = inf at
     the last step). nfebench's last step is the x0 prediction, the sigma -> 0 limit of that step: finite, and
     equal to diffusers' loop with its last step replaced by that limit."""
@@ -163,7 +158,7 @@ def _launch_preset(ckpt, out, *overrides):
                   "metrics=none", "device=cpu", f"hydra.run.dir={out}")
 
 
-def test_protocol_diffusers_pndm_through_launch_py(ckpt, tmp_path):
+def test_protocol_diffusers_pndm_through_launch_py_counts_its_last_call(ckpt, tmp_path):
     """PNDMScheduler() through launch.py: its grid, its wasted last call counted, and nfe below 13 refused
     (the samples themselves are compared on the same plan/sample_batches path above)."""
     import json
@@ -183,7 +178,7 @@ def test_protocol_diffusers_pndm_through_launch_py(ckpt, tmp_path):
     assert not (bad / "record.json").exists()
 
 
-def test_protocol_diffusers_through_launch_py(ckpt, tmp_path):
+def test_protocol_diffusers_through_launch_py_runs_dpmpp_on_diffusers_grid(ckpt, tmp_path):
     """The issue's command, as a user types it: the saved samples equal DPMSolverMultistepScheduler()'s."""
     import json
 

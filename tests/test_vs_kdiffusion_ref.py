@@ -131,7 +131,7 @@ def _run(model, solver, steps, grid, seed=3, **opts):
     return ours, x_start / a0, sig, rng_b.like, a1
 
 
-NOISES = [{"type": "vp_linear"}, {"type": "ve"}, {"type": "edm"}]
+NOISES = [{"name": "vp_linear"}, {"name": "ve"}, {"name": "edm"}]
 CASES = [
     ("euler", {}, lambda D, x, s, nf: ref_euler(D, x, s, nf)),
     ("euler", {"S_churn": 30, "S_tmin": 0.05, "S_tmax": 10.0, "S_noise": 1.003},
@@ -146,9 +146,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("noise", NOISES, ids=[n["type"] for n in NOISES])
+@pytest.mark.parametrize("noise", NOISES, ids=[n["name"] for n in NOISES])
 @pytest.mark.parametrize("solver,opts,ref", CASES, ids=[f"{s}-{o}" for s, o, _ in CASES])
-def test_matches_sigma_space_reference(noise, solver, opts, ref):
+def test_classic_solvers_match_the_sigma_space_reference_loops(noise, solver, opts, ref):
     model = gaussian(noise=noise)
     ours, x_e, sig, noise_fn, a_end = _run(model, solver, 7, "karras", **opts)
     theirs = a_end * ref(sigma_denoiser(model), x_e, sig, noise_fn)
@@ -157,7 +157,7 @@ def test_matches_sigma_space_reference(noise, solver, opts, ref):
 
 @pytest.mark.parametrize("n_corrector", [0, 1, 2])
 def test_score_sde_pc_matches_song_ve_reference(n_corrector):
-    model = gaussian(noise={"type": "ve"})
+    model = gaussian(noise={"name": "ve"})
     ours, x_e, sig, noise_fn, _ = _run(model, "score_sde_pc", 6, "time_uniform", n_corrector=n_corrector, snr=0.16)
     theirs = ref_pc_ve(sigma_denoiser(model), x_e, sig, noise_fn, 0.16, n_corrector)
     assert torch.allclose(ours, theirs, rtol=1e-10, atol=1e-12), float((ours - theirs).abs().max())

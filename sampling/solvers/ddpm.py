@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 
-from common.errors import NfebenchError
+import torch
+
+from common.registry import check_choice
 from ..registry import register_solver
-from .grid import grid_coeffs
+from .grid import grid_coeffs, per_run
 
 VARIANCES = {"fixed_small": lambda sig_s, sig_t, b: sig_s**2 * b / sig_t**2,
              "fixed_large": lambda sig_s, sig_t, b: b}
@@ -28,12 +30,17 @@ def posterior_coeffs(g, i, variance):
     return c_x, c_0, math.sqrt(max(VARIANCES[variance](g.sigma[i + 1], g.sigma[i], b), 0.0))
 
 
+@per_run
+def _plan(noise, ts, variance):
+    g = grid_coeffs(noise, ts)
+    return [(g.t[i], *posterior_coeffs(g, i, variance)) for i in range(len(ts) - 1)]
+
+
 @register_solver("ddpm", stochastic=True)
 def sample_ddpm(model, x, ts, noise, rng=None, variance: str = "fixed_small"):
-    if variance not in VARIANCES:
-        raise NfebenchError(f"ddpm variance must be one of {', '.join(VARIANCES)}; got '{variance}'")
-    g = grid_coeffs(noise, ts)
-    coeffs = [posterior_coeffs(g, i, variance) for i in range(len(ts) - 1)]
-    for i, (c_x, c_0, std) in enumerate(coeffs):
-        x = c_x * x + c_0 * model(x, g.t[i]) + std * rng.like(x)
+    check_choice("ddpm variance", variance, VARIANCES)
+    buf = torch.empty_like(x)  # the caller's x is never written
+    for t, c_x, c_0, std in _plan(noise, ts, variance):
+        x0 = model(x, t)
+        x = torch.mul(x, c_x, out=buf).add_(x0, alpha=c_0).add_(rng.like(x), alpha=std)  # draws even at std 0
     return x

@@ -1,56 +1,33 @@
 """Euler on the probability-flow ODE in EDM coordinates: dx/ds = (x - D(x; s)) / s.
 
-Optional stochastic churn (Karras et al. 2022, Algorithm 2): before step i, if
-S_tmin <= s_i <= S_tmax, raise the noise level to s_hat = s_i * (1 + gamma) with
-gamma = min(S_churn / N, sqrt(2) - 1) by adding fresh noise of std sqrt(s_hat^2 - s_i^2) * S_noise,
-then step from s_hat. S_churn = 0 (default) is the deterministic sampler.
+With x in EDM coordinates (x / alpha), one step from s_hat to s' is x' = x + (s' - s_hat) d with
+d = (x - D) / s_hat, i.e. x' = r x + (1 - r) D with r = s' / s_hat.
+Optional stochastic churn before each step (Karras et al. 2022, Algorithm 2; see churn.py).
 """
 from __future__ import annotations
 
-import math
+import torch
 
-import numpy as np
-
-from common.errors import NfebenchError
 from ..registry import register_solver
-from .grid import grid_coeffs
+from .churn import churn_, churn_describe, churn_plan
+from .grid import grid_coeffs, per_run, scaled
 
 
-def churn_plan(noise, g, S_churn=0.0, S_tmin=0.0, S_tmax=None, S_noise=1.0):
-    """Host-side per-step (t_hat, alpha_hat, s_hat, added noise std) in EDM coordinates."""
-    # S_tmax = null means no upper limit (keeps configs and run records plain JSON).
-    S_churn, S_tmin, S_noise = float(S_churn), float(S_tmin), float(S_noise)
-    S_tmax = float("inf") if S_tmax is None else float(S_tmax)
-    n = len(g.t) - 1
-    gamma = [min(S_churn / n, math.sqrt(2.0) - 1.0) if S_churn > 0 and S_tmin <= g.s[i] <= S_tmax else 0.0
-             for i in range(n)]
-    s_hat = [g.s[i] * (1.0 + gamma[i]) for i in range(n)]
-    t_hat = [float(noise.t_of_edm_sigma(s_hat[i])) if gamma[i] > 0 else g.t[i] for i in range(n)]
-    back = noise.edm_sigma(np.asarray(t_hat))
-    if not np.allclose(back, s_hat, rtol=1e-6, atol=0):
-        # e.g. vp_discrete clamps beyond its last training step: the raised level does not exist.
-        raise NfebenchError(f"churn raises the noise level above what the '{noise.name}' schedule can express; "
-                            "lower S_churn or S_tmax")
-    std = [S_noise * math.sqrt(max(s_hat[i] ** 2 - g.s[i] ** 2, 0.0)) for i in range(n)]
-    return t_hat, [float(noise.alpha(t)) for t in t_hat], s_hat, std
-
-
-def churned(x, std, rng):
-    return x + std * rng.like(x) if std > 0 else x
-
-
-def churn_describe(steps, S_churn=0.0, **_):
-    return {"churn": float(S_churn) > 0, "gamma_max": min(float(S_churn) / steps, math.sqrt(2.0) - 1.0)}
+@per_run
+def _plan(noise, ts, S_churn, S_tmin, S_tmax, S_noise):
+    g = grid_coeffs(noise, ts)
+    t_hat, a_hat, s_hat, std = churn_plan(noise, g, S_churn, S_tmin, S_tmax, S_noise)
+    return g, [(std[i], a_hat[i], t_hat[i], g.s[i + 1] / s_hat[i]) for i in range(len(ts) - 1)]
 
 
 @register_solver("euler", describe=churn_describe, stochastic=True)
 def sample_euler(model, x, ts, noise, rng=None, S_churn: float = 0.0, S_tmin: float = 0.0,
                  S_tmax: float | None = None, S_noise: float = 1.0):
-    g = grid_coeffs(noise, ts)
-    t_hat, a_hat, s_hat, std = churn_plan(noise, g, S_churn, S_tmin, S_tmax, S_noise)
+    g, steps = _plan(noise, ts, S_churn, S_tmin, S_tmax, S_noise)
     x = x / g.alpha[0]
-    for i in range(len(ts) - 1):
-        x = churned(x, std[i], rng)
-        d = (x - model(a_hat[i] * x, t_hat[i])) / s_hat[i]
-        x = x + (g.s[i + 1] - s_hat[i]) * d
-    return g.alpha[-1] * x
+    inp = torch.empty_like(x)
+    for std, a_hat, t_hat, r in steps:
+        churn_(x, std, rng)
+        x0 = model(scaled(x, a_hat, inp), t_hat)
+        x.mul_(r).add_(x0, alpha=1.0 - r)
+    return x.mul_(g.alpha[-1])

@@ -1,9 +1,12 @@
-"""Host-side per-grid-point quantities, computed once before a solver loop."""
+"""Host-side per-grid-point quantities, computed once per run before a solver loop, and the small pieces
+of the steps that several solvers share."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -20,3 +23,29 @@ def grid_coeffs(noise, ts) -> GridCoeffs:
     as_list = lambda v: [float(u) for u in np.broadcast_to(v, ts.shape)]  # noqa: E731
     return GridCoeffs(as_list(ts), as_list(noise.alpha(ts)), as_list(noise.sigma(ts)), as_list(noise.lam(ts)),
                       as_list(noise.edm_sigma(ts)))
+
+
+def per_run(plan):
+    """Caches ``plan(noise, ts, *options)``: a run calls its solver once per batch with the same schedule,
+    grid and options, so the host-side coefficients are built once. The noise schedule is keyed by
+    identity; options must be hashable; the result is shared, so it must never be modified."""
+    cached = functools.lru_cache(maxsize=16)(lambda noise, ts, *opts: plan(noise, np.array(ts), *opts))
+
+    @functools.wraps(plan)
+    def wrap(noise, ts, *opts):
+        return cached(noise, tuple(float(t) for t in ts), *opts)
+
+    return wrap
+
+
+def ddim_coeffs(a, s, a_next, keep):
+    """(c_x, c_0) of DDIM's step x' = a' x0 + keep * eps with eps = (x - a x0) / s, i.e. x' = c_x x + c_0 x0.
+
+    keep = sigma' is the deterministic step (the exact step when x0 is constant)."""
+    return keep / s, a_next - keep * a / s
+
+
+def scaled(x, a: float, out):
+    """alpha * x written into ``out``: the model's input when x is in EDM coordinates (x / alpha); x itself
+    where alpha = 1 (EDM, VE). The model reads it before the solver next writes x or ``out``."""
+    return x if a == 1.0 else torch.mul(x, a, out=out)

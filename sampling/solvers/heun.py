@@ -1,5 +1,9 @@
 """EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithms 1 and 2).
 
+In EDM coordinates (x / alpha, s = sigma / alpha), a step from s_hat to s' takes the slope
+d = (x - D(x; s_hat)) / s_hat, the Euler point x_e = x + (s' - s_hat) d and its slope d', then
+x' = x + (s' - s_hat) (d + d') / 2.
+
 ``final_euler`` (default true) leaves the correction out of the last grid step, so N steps cost
 2N - 1 evaluations; false corrects every step (2N).
 
@@ -8,20 +12,22 @@ to the last grid point sigma_min, then a plain Euler step from sigma_min to 0, w
 prediction there. EDM's N steps are N - 1 grid steps plus that one: 2N - 1 NFE (35 at N = 18).
 It differs from final_euler=true, which drops the correction of a real step ending at sigma_min.
 final_euler is unused with final_step=edm.
-S_churn > 0 adds EDM's stochastic churn before each step (see euler.py); default off.
+S_churn > 0 adds EDM's stochastic churn before each step (see churn.py); default off.
 """
 from __future__ import annotations
 
+import torch
+
+from common.registry import check_choice
 from ..registry import register_solver
-from .euler import churn_describe, churn_plan, churned
-from .grid import grid_coeffs
+from .churn import churn_, churn_describe, churn_plan
+from .grid import grid_coeffs, per_run, scaled
 
 FINAL_STEPS = (None, "edm")
 
 
 def _check(final_step, S_churn=0.0):
-    if final_step not in FINAL_STEPS:
-        raise ValueError(f"final_step must be null or edm; got {final_step!r}")
+    check_choice("heun final_step", final_step, FINAL_STEPS)
     if final_step == "edm" and float(S_churn) > 0:
         # EDM's Algorithm 2 sets gamma from its N steps and may churn before the final Euler step too
         raise ValueError("final_step=edm is EDM's deterministic Algorithm 1; use S_churn=0")
@@ -41,25 +47,33 @@ def _cost(steps, final_euler=True, final_step=None, **_):
     return 2 * steps - 1 if final_euler else 2 * steps
 
 
+@per_run
+def _plan(noise, ts, correct_last, S_churn, S_tmin, S_tmax, S_noise):
+    g = grid_coeffs(noise, ts)
+    t_hat, a_hat, s_hat, std = churn_plan(noise, g, S_churn, S_tmin, S_tmax, S_noise)
+    n = len(ts) - 1
+    return g, [(std[i], a_hat[i], t_hat[i], s_hat[i], g.s[i + 1] - s_hat[i], g.alpha[i + 1], g.t[i + 1], g.s[i + 1],
+                i < n - 1 or correct_last) for i in range(n)]
+
+
 @register_solver("heun", steps=_steps, cost=_cost, describe=churn_describe, stochastic=True)
 def sample_heun(model, x, ts, noise, rng=None, final_euler: bool = True, final_step: str | None = None,
                 S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float | None = None, S_noise: float = 1.0):
     _check(final_step, S_churn)
-    g = grid_coeffs(noise, ts)
-    t_hat, a_hat, s_hat, std = churn_plan(noise, g, S_churn, S_tmin, S_tmax, S_noise)
-    n = len(ts) - 1
-    correct_last = final_step == "edm" or not final_euler
+    g, steps = _plan(noise, ts, final_step == "edm" or not final_euler, S_churn, S_tmin, S_tmax, S_noise)
     x = x / g.alpha[0]
-    for i in range(n):
-        x = churned(x, std[i], rng)
-        ds = g.s[i + 1] - s_hat[i]
-        d = (x - model(a_hat[i] * x, t_hat[i])) / s_hat[i]
-        x_next = x + ds * d
-        if i < n - 1 or correct_last:
-            d_next = (x_next - model(g.alpha[i + 1] * x_next, g.t[i + 1])) / g.s[i + 1]
-            x_next = x + ds * 0.5 * (d + d_next)
-        x = x_next
+    d, x_e, inp = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    for std, a_hat, t_hat, s_hat, h, a_next, t_next, s_next, correct in steps:
+        churn_(x, std, rng)
+        x0 = model(scaled(x, a_hat, inp), t_hat)
+        torch.sub(x, x0, out=d).div_(s_hat)
+        if not correct:  # Euler
+            x.add_(d, alpha=h)
+            continue
+        torch.add(x, d, alpha=h, out=x_e)
+        x0 = model(scaled(x_e, a_next, inp), t_next)
+        x.add_(d, alpha=h / 2).add_(x_e.sub_(x0), alpha=h / (2 * s_next))  # x_e - D' = s' d'
     if final_step == "edm":
         # Euler from sigma_min to 0: x + (0 - s) (x - D) / s = D, the x0 prediction at sigma_min
         return model(g.alpha[-1] * x, g.t[-1])
-    return g.alpha[-1] * x
+    return x.mul_(g.alpha[-1])

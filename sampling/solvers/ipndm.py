@@ -8,25 +8,35 @@ step's O(h^2) local error caps the global order at 2 for order >= 2).
 """
 from __future__ import annotations
 
-from common.errors import NfebenchError
+import torch
+
+from common.registry import check_choice
 from ..registry import register_solver
-from .grid import grid_coeffs
-from .pndm import combine
+from .adams import History, ab_weights, add_combination_
+from .grid import grid_coeffs, per_run, scaled
 
 
 def _describe(steps, order=4, **_):
     return {"step_orders": [min(int(order), k + 1) for k in range(steps)]}
 
 
+@per_run
+def _plan(noise, ts, order):
+    """Per step (t, alpha, s, (s' - s) * b_j)."""
+    g = grid_coeffs(noise, ts)
+    return g, [(g.t[i], g.alpha[i], g.s[i], ab_weights(min(order, i + 1), g.s[i + 1] - g.s[i]))
+               for i in range(len(ts) - 1)]
+
+
 @register_solver("ipndm", describe=_describe)
 def sample_ipndm(model, x, ts, noise, rng=None, order: int = 4):
-    order = int(order)
-    if order not in (1, 2, 3, 4):
-        raise NfebenchError(f"ipndm order must be 1, 2, 3 or 4; got {order}")
-    g = grid_coeffs(noise, ts)
+    order = check_choice("ipndm order", int(order), (1, 2, 3, 4))
+    g, steps = _plan(noise, ts, order)
     x = x / g.alpha[0]
-    history = []
-    for i in range(len(ts) - 1):
-        history = [(x - model(g.alpha[i] * x, g.t[i])) / g.s[i]] + history[: order - 1]
-        x = x + (g.s[i + 1] - g.s[i]) * combine(history, len(history))
-    return g.alpha[-1] * x
+    inp = torch.empty_like(x)
+    history = History(order)  # eps = (x_e - D) / s, newest first
+    for t, a, s, weights in steps:
+        x0 = model(scaled(x, a, inp), t)
+        history.push(torch.sub(x, x0, out=history.buffer(x)).div_(s))
+        add_combination_(x, weights, history.items)
+    return x.mul_(g.alpha[-1])

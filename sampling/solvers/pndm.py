@@ -22,22 +22,23 @@ unused) so the NFE count is diffusers' own: S + 10 for f_pndm.
 """
 from __future__ import annotations
 
-from common.errors import NfebenchError
-from ..registry import register_solver
-from .grid import grid_coeffs
+import torch
 
-# Adams-Bashforth weights on (e_k, e_{k-1}, ...) for uniform steps, orders 1-4.
-AB = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
+from common.errors import NfebenchError
+from common.registry import check_choice
+from ..registry import register_solver
+from .adams import History, ab_weights, add_combination_
+from .grid import grid_coeffs, per_run
 
 # method -> (warm-up kind, steps of warm-up, highest multistep order)
 METHODS = {"plms": ("heun", 1, 4), "s_pndm": ("heun", 1, 2), "f_pndm": ("rk4", 3, 4)}
 WARMUP_NFE = {"heun": 2, "rk4": 4}
+# weights of the warm-up's stage estimates in its combined e (pseudo improved Euler, pseudo RK4)
+WARMUP_WEIGHTS = {"heun": (0.5, 0.5), "rk4": (1 / 6, 1 / 3, 1 / 3, 1 / 6)}
 
 
 def _method(method):
-    if method not in METHODS:
-        raise NfebenchError(f"pndm method must be one of {', '.join(METHODS)}; got '{method}'")
-    return METHODS[method]
+    return METHODS[check_choice("pndm method", method, METHODS)]
 
 
 def _cost(steps, method="plms", zero_step=False, **_):
@@ -66,27 +67,26 @@ def transfer_coeffs(noise, t, t_next):
     return a1 / a, s1 - a1 * s / a
 
 
-def combine(history, order):
-    """Adams-Bashforth combination of the newest `order` estimates (history newest first)."""
-    return sum(w * e for w, e in zip(AB[order - 1], history))
+def eps_at(model, y, t, a, s):
+    """The noise estimate (y - a D(y)) / s, written over y (a stage input nothing else reads)."""
+    x0 = model(y, t)
+    return y.sub_(x0, alpha=a).div_(s)
 
 
-def eps_of(model, x, t, a, s):
-    return (x - a * model(x, t)) / s
+def phi(x, e, c):
+    """The transfer c_x x + c_e e, as a new tensor."""
+    return torch.mul(x, c[0]).add_(e, alpha=c[1])
 
 
-def _pseudo_heun(model, x, e1, i, g, phi, mid=None):
-    x1 = phi[i][0] * x + phi[i][1] * e1
-    e2 = eps_of(model, x1, g.t[i + 1], g.alpha[i + 1], g.sigma[i + 1])
-    return 0.5 * (e1 + e2)
+def _pseudo_heun(model, x, e1, i, g, plan):
+    return e1, eps_at(model, phi(x, e1, plan.phi[i]), g.t[i + 1], g.alpha[i + 1], g.sigma[i + 1])
 
 
-def _pseudo_rk4(model, x, e1, i, g, phi, mid):
-    t_m, a_m, s_m, (cx_1, ce_1), (cx_m, ce_m) = mid[i]
-    e2 = eps_of(model, cx_1 * x + ce_1 * e1, t_m, a_m, s_m)
-    e3 = eps_of(model, cx_m * x + ce_m * e2, t_m, a_m, s_m)
-    e4 = eps_of(model, phi[i][0] * x + phi[i][1] * e3, g.t[i + 1], g.alpha[i + 1], g.sigma[i + 1])
-    return (e1 + 2 * e2 + 2 * e3 + e4) / 6
+def _pseudo_rk4(model, x, e1, i, g, plan):
+    t_m, a_m, s_m, c_1, c_m = plan.mid[i]
+    e2 = eps_at(model, phi(x, e1, c_1), t_m, a_m, s_m)
+    e3 = eps_at(model, phi(x, e2, c_m), t_m, a_m, s_m)
+    return e1, e2, e3, eps_at(model, phi(x, e3, plan.phi[i]), g.t[i + 1], g.alpha[i + 1], g.sigma[i + 1])
 
 
 def _diffusers_midpoint(noise, g, i):
@@ -110,32 +110,43 @@ WARMUPS = {"heun": _pseudo_heun, "rk4": _pseudo_rk4}
 
 
 def _midpoints(noise, g, rule):
-    if rule not in MIDPOINTS:
-        raise NfebenchError(f"pndm midpoint must be one of {', '.join(MIDPOINTS)}; got '{rule}'")
-    out = []
+    place, out = MIDPOINTS[check_choice("pndm midpoint", rule, MIDPOINTS)], []
     for i in range(len(g.t) - 1):
-        t_m, t_land = MIDPOINTS[rule](noise, g, i)
+        t_m, t_land = place(noise, g, i)
         out.append((t_m, float(noise.alpha(t_m)), float(noise.sigma(t_m)), transfer_coeffs(noise, g.t[i], t_land),
                     transfer_coeffs(noise, g.t[i], t_m)))
     return out
 
 
+class _Plan:
+    """Host-side: the transfer of every step, the RK4 midpoints, and per step the weights (times c_e)
+    of the estimates its combined e is made of."""
+
+    def __init__(self, noise, ts, method, midpoint):
+        kind, warm, order = _method(method)
+        self.g = g = grid_coeffs(noise, ts)
+        steps = len(ts) - 1
+        self.phi = [transfer_coeffs(noise, g.t[i], g.t[i + 1]) for i in range(steps)]
+        self.mid = _midpoints(noise, g, midpoint) if kind == "rk4" else None
+        self.warmup = [WARMUPS[kind] if i < warm else None for i in range(steps)]
+        self.weights = [tuple(self.phi[i][1] * w for w in WARMUP_WEIGHTS[kind]) if i < warm else
+                        ab_weights(min(order, i + 1), self.phi[i][1]) for i in range(steps)]
+
+
+_plan = per_run(_Plan)
+
+
 @register_solver("pndm", steps=_steps, cost=_cost, describe=_describe)
 def sample_pndm(model, x, ts, noise, rng=None, method: str = "plms", midpoint: str = "sigma", zero_step: bool = False):
-    kind, warm, order = _method(method)
-    g = grid_coeffs(noise, ts)
-    steps = len(ts) - 1
-    phi = [transfer_coeffs(noise, g.t[i], g.t[i + 1]) for i in range(steps)]
-    mid = _midpoints(noise, g, midpoint) if kind == "rk4" else None
-    history = []  # noise estimates at the grid points, newest first
-    for i in range(steps):
-        e = eps_of(model, x, g.t[i], g.alpha[i], g.sigma[i])
-        history = [e] + history[:3]
-        if i < warm:
-            e = WARMUPS[kind](model, x, e, i, g, phi, mid)
-        else:
-            e = combine(history, min(order, len(history)))
-        x = phi[i][0] * x + phi[i][1] * e
+    plan = _plan(noise, ts, method, midpoint)
+    g = plan.g
+    history = History(4)  # noise estimates at the grid points, newest first
+    buf = torch.empty_like(x)  # the caller's x is never written
+    for i, (warmup, weights) in enumerate(zip(plan.warmup, plan.weights)):
+        x0 = model(x, g.t[i])
+        e = history.push(torch.sub(x, x0, alpha=g.alpha[i], out=history.buffer(x)).div_(g.sigma[i]))
+        estimates = warmup(model, x, e, i, g, plan) if warmup else history.items  # linear multistep otherwise
+        x = add_combination_(torch.mul(x, plan.phi[i][0], out=buf), weights, estimates)
     if zero_step:
         model(x, g.t[-1])
     return x

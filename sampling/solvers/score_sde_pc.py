@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import math
 
-from common.errors import NfebenchError
+import torch
+
+from common.registry import check_choice
 from ..registry import register_solver
-from .grid import grid_coeffs
+from .grid import grid_coeffs, per_run
 
 
-def _score(model, x, t, a, s):
-    return (a * model(x, t) - x) / s**2
+def _score(model, x, t, a, s, out):
+    """(a D(x) - x) / s^2 into ``out``."""
+    x0 = model(x, t)
+    return torch.mul(x0, a, out=out).sub_(x).div_(s**2)
 
 
 def _per_sample_norm(v):
@@ -62,20 +66,26 @@ def _steps(nfe, n_corrector=1, **_):
     return nfe // (int(n_corrector) + 1)
 
 
+@per_run
+def _plan(noise, ts, predictor, snr):
+    """Per step (t, alpha, sigma, Langevin factor 2 a^2 snr^2, predictor's (c_x, c_score, noise std))."""
+    g = grid_coeffs(noise, ts)
+    predict = PREDICTORS[predictor]
+    return [(g.t[i], g.alpha[i], g.sigma[i], 2.0 * (g.alpha[i + 1] / g.alpha[i]) ** -2 * snr**2, predict(noise, g, i))
+            for i in range(len(ts) - 1)]
+
+
 @register_solver("score_sde_pc", steps=_steps, cost=_cost, stochastic=True)
 def sample_score_sde_pc(model, x, ts, noise, rng=None, predictor: str = "reverse_diffusion",
                         n_corrector: int = 1, snr: float = 0.16):
-    if predictor not in PREDICTORS:
-        raise NfebenchError(f"score_sde_pc predictor must be one of {', '.join(PREDICTORS)}; got '{predictor}'")
-    g = grid_coeffs(noise, ts)
-    steps = len(ts) - 1
-    pred = [PREDICTORS[predictor](noise, g, i) for i in range(steps)]  # (c_x, c_score, noise std)
-    lang = [2.0 * (g.alpha[i + 1] / g.alpha[i]) ** -2 * snr**2 for i in range(steps)]
-    for i in range(steps):
+    check_choice("score_sde_pc predictor", predictor, PREDICTORS)
+    buf, score = torch.empty_like(x), torch.empty_like(x)  # the caller's x is never written
+    for t, a, s, lang, (c_x, c_s, std) in _plan(noise, ts, predictor, float(snr)):
         for _ in range(int(n_corrector)):
-            score, z = _score(model, x, g.t[i], g.alpha[i], g.sigma[i]), rng.like(x)
-            step = lang[i] * (_per_sample_norm(z) / _per_sample_norm(score)) ** 2
-            x = x + step * score + (2.0 * step).sqrt() * z
-        c_x, c_s, std = pred[i]
-        x = c_x * x + c_s * _score(model, x, g.t[i], g.alpha[i], g.sigma[i]) + std * rng.like(x)
+            _score(model, x, t, a, s, score)
+            z = rng.like(x)
+            step = lang * (_per_sample_norm(z) / _per_sample_norm(score)) ** 2  # per sample, on device
+            x = torch.addcmul(x, step, score, out=buf).addcmul_((2.0 * step).sqrt(), z)
+        _score(model, x, t, a, s, score)
+        x = torch.mul(x, c_x, out=buf).add_(score, alpha=c_s).add_(rng.like(x), alpha=std)
     return x

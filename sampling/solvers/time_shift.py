@@ -9,8 +9,8 @@ of 2*window+1 candidates around t_i spanning +-width*(local step); the best matc
 as the time at which the model is evaluated and from which the base solver steps to t_{i+1}.
 Shifting stops once t_i < cutoff.
 
-The base update is the base solver's own rule: DDIM steps call ``sample_ddim`` on a two-point
-grid; iPNDM steps use its Adams-Bashforth combination (``pndm.combine``) in EDM sigma.
+The base update is the base solver's own rule: DDIM's deterministic step (``grid.ddim_coeffs``);
+iPNDM's Adams-Bashforth combination (``adams``) in EDM sigma.
 
 Batching and NFE: the choice is per sample (so samples never depend on the batch), but the model
 takes one time per call. The sampler therefore evaluates the whole batch at every candidate time
@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from common.errors import NfebenchError
+from common.registry import check_choice
 from ..registry import register_solver
-from .ddim import sample_ddim
-from .grid import grid_coeffs
-from .pndm import combine
+from .adams import History, ab_weights, add_combination_
+from .grid import ddim_coeffs, grid_coeffs, per_run
 
 
 def candidate_times(g, i, window, width, t_end):
@@ -43,28 +43,39 @@ def candidate_times(g, i, window, width, t_end):
     return [float(v) for v in np.clip(c, max(g.t[i + 1], t_end) + 1e-12 * h, g.t[i - 1] - 1e-12 * h)]
 
 
-def choose(x, noise, cands, data_var):
-    """Per-sample index of the candidate whose marginal variance best matches var(x) (on device)."""
-    expected = torch.as_tensor([float(noise.alpha(c)) ** 2 * data_var + float(noise.sigma(c)) ** 2 for c in cands],
-                               dtype=x.dtype, device=x.device)
+def choose(x, expected):
+    """Per-sample index of the candidate whose marginal variance (``expected``, on device) best matches var(x)."""
     v = x.flatten(1).var(dim=1, unbiased=True)
     return (v[:, None] - expected[None, :]).abs().argmin(dim=1)
 
 
-def _ddim_step(model, x, t, t_next, noise, history, order):
-    return sample_ddim(model, x, [t, t_next], noise), history
+def _ddim_coeffs(noise, c, t_next, k):
+    a, s, a1, s1 = (float(v) for v in (noise.alpha(c), noise.sigma(c), noise.alpha(t_next), noise.sigma(t_next)))
+    return (c, *ddim_coeffs(a, s, a1, s1))
 
 
-def _ipndm_step(model, x, t, t_next, noise, history, order):
-    a, a1 = float(noise.alpha(t)), float(noise.alpha(t_next))
-    s, s1 = float(noise.edm_sigma(t)), float(noise.edm_sigma(t_next))
-    x_e = x / a
-    history = [(x_e - model(x, t)) / s] + history[: order - 1]
-    return a1 * (x_e + (s1 - s) * combine(history, len(history))), history
+def _ddim_step(y, e, model, x, cand, history):
+    t, c_x, c_0 = cand
+    x0 = model(x, t)
+    torch.mul(x, c_x, out=y).add_(x0, alpha=c_0)
 
 
-# base -> (one step from a possibly shifted time, whether it carries multistep history)
-BASES = {"ddim": (_ddim_step, False), "ipndm": (_ipndm_step, True)}
+def _ipndm_coeffs(noise, c, t_next, k):
+    """k: the multistep order this step can use."""
+    s, s1 = float(noise.edm_sigma(c)), float(noise.edm_sigma(t_next))
+    return c, float(noise.alpha(c)), s, ab_weights(k, s1 - s), float(noise.alpha(t_next))
+
+
+def _ipndm_step(y, e, model, x, cand, history):
+    t, a, s, weights, a_next = cand
+    x0 = model(x, t)
+    x_e = torch.div(x, a, out=y)
+    torch.sub(x_e, x0, out=e).div_(s)  # the newest eps in EDM sigma
+    add_combination_(x_e, weights, [e, *history.items]).mul_(a_next)
+
+
+# base -> (host-side coefficients of a step from a candidate time, the step into a buffer, multistep?)
+BASES = {"ddim": (_ddim_coeffs, _ddim_step, False), "ipndm": (_ipndm_coeffs, _ipndm_step, True)}
 
 
 def _candidates_count(window):
@@ -84,33 +95,47 @@ def _describe(steps, base="ddim", window=2, width=0.5, cutoff=0.0, data_var=0.0,
             "chosen_times": "per sample and data-dependent; not recorded"}
 
 
+@per_run
+def _plan(noise, ts, base, window, width, cutoff, data_var, order):
+    """Per step: the step coefficients from each candidate time, and the candidates' marginal variances."""
+    g = grid_coeffs(noise, ts)
+    t_end, coeffs, out = float(ts[-1]), BASES[base][0], []
+    for i in range(len(ts) - 1):
+        cands = candidate_times(g, i, window, width, t_end) if i > 0 and g.t[i] >= cutoff else [g.t[i]]
+        out.append(([coeffs(noise, c, g.t[i + 1], min(order, i + 1)) for c in cands],
+                    [float(noise.alpha(c)) ** 2 * data_var + float(noise.sigma(c)) ** 2 for c in cands]))
+    return out
+
+
 @register_solver("time_shift", steps=_steps, cost=_cost, describe=_describe)
 def sample_time_shift(model, x, ts, noise, rng=None, base: str = "ddim", window: int = 2, width: float = 0.5,
                       cutoff: float = 0.0, data_var: float = 0.0, order: int = 4):
-    if base not in BASES:
-        raise NfebenchError(f"time_shift base must be one of {', '.join(BASES)}; got '{base}'")
+    check_choice("time_shift base", base, BASES)
     if not 0 <= width < 1 or int(window) < 0:
         raise NfebenchError(f"time_shift needs window >= 0 and 0 <= width < 1; got {window}, {width}")
-    (step_fn, multistep), order = BASES[base], int(order)
-    g = grid_coeffs(noise, ts)
-    steps = len(ts) - 1
-    t_end = float(ts[-1])
-    cands = [candidate_times(g, i, int(window), float(width), t_end) if i > 0 and g.t[i] >= cutoff else [g.t[i]]
-             for i in range(steps)]
-    history = []  # per-sample multistep state (ipndm), full batch, newest first
-    for i in range(steps):
-        idx = choose(x, noise, cands[i], float(data_var)) if len(cands[i]) > 1 else None
-        if idx is None:
-            x, history = step_fn(model, x, cands[i][0], g.t[i + 1], noise, history, order)
-            continue
-        out, newest = x, None
-        for k, c in enumerate(cands[i]):
-            y, hist_k = step_fn(model, x, c, g.t[i + 1], noise, history, order)
-            pick = (idx == k).reshape(-1, *([1] * (x.dim() - 1)))
-            out = torch.where(pick, y, out)
-            if multistep:
-                newest = hist_k[0] if newest is None else torch.where(pick, hist_k[0], newest)
-        x = out
+    _, step, multistep = BASES[base]
+    order = int(order)
+    plan = _plan(noise, ts, base, int(window), float(width), float(cutoff), float(data_var), order)
+    # every shifted step's candidate variances, moved to the device once (a copy inside the loop would sync)
+    variances = iter(torch.as_tensor([v for _, v in plan if len(v) > 1] or [[0.0]], dtype=x.dtype, device=x.device))
+    history = History(order)  # per-sample multistep state (ipndm), full batch, newest first
+    xs = torch.empty_like(x), torch.empty_like(x)  # x alternates between them; the caller's x is never written
+    y = e = None  # a further candidate's step, before it is picked per sample
+    for cands, _ in plan:
+        out = xs[0] if x is not xs[0] else xs[1]
+        e_out = history.buffer(x) if multistep else None
+        step(out, e_out, model, x, cands[0], history)
+        if len(cands) > 1:
+            idx = choose(x, next(variances))
+            if y is None:
+                y, e = torch.empty_like(x), torch.empty_like(x) if multistep else None
+            for k, cand in enumerate(cands[1:], start=1):
+                step(y, e, model, x, cand, history)
+                pick = (idx == k).reshape(-1, *([1] * (x.dim() - 1)))
+                torch.where(pick, y, out, out=out)
+                if multistep:
+                    torch.where(pick, e, e_out, out=e_out)
         if multistep:
-            history = [newest] + history[: order - 1]
+            history.push(e_out)
+        x = out
     return x

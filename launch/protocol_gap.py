@@ -1,6 +1,6 @@
 """diffusers' defaults vs nfebench's defaults at a fixed NFE, against a many-step reference.
 
-    python -m sampling.protocol_gap [--model digits_unet] [--nfe 10] [--ref-steps 500] [--num-samples 500]
+    python -m launch.protocol_gap [--model digits_unet] [--nfe 10] [--ref-steps 500] [--num-samples 500]
                                     [--solvers ddim,dpmpp,euler,heun,unipc,deis]
 
 For each solver with a protocol=diffusers preset, the same samples (seed 0, indices 0..n-1) are drawn
@@ -23,13 +23,12 @@ SOLVERS = ("ddim", "dpmpp", "euler", "heun", "unipc", "deis")
 
 
 def samples(*overrides):
-    from launch.run import plan, sample_batches
+    from launch.run import load_model, plan, sample_batches
 
     with initialize_config_dir(str(CONFIGS), version_base=None):
         cfg = OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
-    model, spec, opts, ts, dtype = plan(cfg)
     out = []
-    sample_batches(cfg, model, spec, opts, ts, dtype, torch.device("cpu"), lambda x, x0, idx: out.append(x))
+    sample_batches(cfg, plan(cfg), load_model(cfg), torch.device("cpu"), lambda x, x0, idx: out.append(x))
     return torch.cat(out), cfg
 
 
@@ -44,7 +43,7 @@ def main(argv=None):
     common = [f"model={a.model}", f"num_samples={a.num_samples}", "batch_size=500", "metrics=none", "device=cpu"]
     ref, _ = samples(*common, "solver=dpmpp", f"nfe={a.ref_steps + 1}", "denoise_to_zero=true")
     rms = lambda x: float((x - ref).pow(2).mean().sqrt())  # noqa: E731
-    print(f"| solver | nfebench default (grid) | RMS vs ref | protocol=diffusers (grid) | RMS vs ref |")
+    print("| solver | nfebench default (grid) | RMS vs ref | protocol=diffusers (grid) | RMS vs ref |")
     print("|---|---|---|---|---|")
     for s in a.solvers.split(","):
         row = [s]

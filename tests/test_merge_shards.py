@@ -1,6 +1,5 @@
 """Shards: disjoint sample_offset ranges run as separate jobs merge into the single-pass result."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +8,6 @@ from results.merge import check_ranges, main as merge_main
 from common.errors import NfebenchError
 from helpers import launch
 
-REPO = Path(__file__).resolve().parents[1]
 RUN = ["model=gaussian", "solver=dpmpp", "nfe=6", "batch_size=16", "grid_images=0"]
 
 

@@ -1,11 +1,11 @@
-"""The spine's solvers: convergence order, equivalences, NFE accounting, adapters, seeds."""
+"""Core sampling on the analytic models: convergence order, equivalences, NFE accounting, adapters, seeds."""
 import numpy as np
 import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from helpers import fitted_order, gaussian, solve
-from launch.run import plan, sample_batches
+from helpers import fitted_order, gaussian, solve_steps
+from launch.run import load_model, plan, sample_batches
 from models.counter import BudgetExceeded, CountedDenoiser
 from models.registry import build_model
 from common.errors import NfebenchError
@@ -37,32 +37,32 @@ def test_gaussian_closed_form_ode_matches_numerical_solve():
     ("heun", {}, 2, lambda n: 2 * n - 1),
     ("dpmpp", {"order": 2, "lower_order_final": "never"}, 2, lambda n: n),
 ])
-def test_convergence_order(solver, opts, order, cost):
+def test_core_solvers_fit_their_ode_order_per_counted_nfe(solver, opts, order, cost):
     got = fitted_order(gaussian(), solver, (16, 32, 64), cost=cost, **opts)
     assert abs(got - order) <= 0.3, f"{solver}: fitted order {got:.3f}, expected {order}"
 
 
 def test_dpmpp_first_order_equals_ddim():
     m = gaussian()
-    a = solve(m, "dpmpp", 7, order=1)[0]
-    b = solve(m, "ddim", 7, eta=0.0)[0]
+    a = solve_steps(m, "dpmpp", 7, order=1)[0]
+    b = solve_steps(m, "ddim", 7, eta=0.0)[0]
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_ddim_is_euler_in_edm_coordinates():
     # Known identity (Karras et al. 2022, Sec. 3): deterministic DDIM is Euler on x/alpha vs sigma/alpha.
     m = gaussian()
-    torch.testing.assert_close(solve(m, "ddim", 9, grid="karras")[0], solve(m, "euler", 9, grid="karras")[0],
-                               rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(solve_steps(m, "ddim", 9, grid="karras")[0],
+                               solve_steps(m, "euler", 9, grid="karras")[0], rtol=1e-11, atol=1e-11)
 
 
 def test_ddim_eta_is_stochastic_and_uses_per_sample_noise():
     m = gaussian()
-    a = solve(m, "ddim", 10, eta=1.0, seed=0)[0]
-    b = solve(m, "ddim", 10, eta=1.0, seed=1)[0]
-    c = solve(m, "ddim", 10, eta=0.0, seed=0)[0]
+    a = solve_steps(m, "ddim", 10, eta=1.0, seed=0)[0]
+    b = solve_steps(m, "ddim", 10, eta=1.0, seed=1)[0]
+    c = solve_steps(m, "ddim", 10, eta=0.0, seed=0)[0]
     assert not torch.allclose(a, b) and not torch.allclose(a, c)
-    torch.testing.assert_close(a, solve(m, "ddim", 10, eta=1.0, seed=0)[0], rtol=0, atol=0)
+    torch.testing.assert_close(a, solve_steps(m, "ddim", 10, eta=1.0, seed=0)[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("solver,opts,rule", [
@@ -80,7 +80,7 @@ def test_counted_nfe_follows_the_solver_rule(solver, opts, rule):
         if steps < 1:
             assert rule(nfe) == 0
             continue
-        _, _, _, counter = solve(m, solver, steps, n=2, budget=nfe, **opts)
+        _, _, _, counter = solve_steps(m, solver, steps, n=2, budget=nfe, **opts)
         assert counter.count == rule(nfe) == spec.cost(steps, **opts) <= nfe
 
 
@@ -92,17 +92,17 @@ def test_heun_nfe10_takes_5_steps_and_9_evaluations():
 def test_budget_overrun_is_an_error():
     m = gaussian()
     with pytest.raises(BudgetExceeded, match="budget of 9 NFE"):
-        solve(m, "heun", 5, budget=9, final_euler=False)
+        solve_steps(m, "heun", 5, budget=9, final_euler=False)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 def test_parameterisation_adapters_give_the_same_samples(prediction):
-    base = solve(gaussian(), "dpmpp", 8)[0]
-    other = solve(gaussian(prediction=prediction), "dpmpp", 8)[0]
+    base = solve_steps(gaussian(), "dpmpp", 8)[0]
+    other = solve_steps(gaussian(prediction=prediction), "dpmpp", 8)[0]
     torch.testing.assert_close(other, base, rtol=1e-10, atol=1e-10)
-    ns = {"type": "edm"}  # v-prediction's general form must hold when alpha^2 + sigma^2 != 1 too
-    torch.testing.assert_close(solve(gaussian(prediction=prediction, noise=ns), "heun", 6)[0],
-                               solve(gaussian(noise=ns), "heun", 6)[0], rtol=1e-10, atol=1e-10)
+    ns = {"name": "edm"}  # v-prediction's general form must hold when alpha^2 + sigma^2 != 1 too
+    torch.testing.assert_close(solve_steps(gaussian(prediction=prediction, noise=ns), "heun", 6)[0],
+                               solve_steps(gaussian(noise=ns), "heun", 6)[0], rtol=1e-10, atol=1e-10)
 
 
 def test_counter_flags_the_first_nonfinite_call():
@@ -121,16 +121,15 @@ def test_counter_flags_the_first_nonfinite_call():
 def _cfg(**kw):
     cfg = {"nfe": 10, "num_samples": 64, "batch_size": 64, "seed": 5, "sample_offset": 0, "t_end": None,
            "dtype": None, "model": {"family": "digits", "name": "digits", "dtype": "float64",
-                                    "noise_schedule": {"type": "vp_linear"}},
+                                    "noise_schedule": {"name": "vp_linear"}},
            "solver": {"name": "ddim", "eta": 1.0}, "schedule": {"name": "time_uniform"}}
     cfg.update(kw)
     return cfg
 
 
 def _samples(cfg):
-    model, spec, opts, ts, dtype = plan(cfg)
     out = {}
-    sample_batches(cfg, model, spec, opts, ts, dtype, torch.device("cpu"),
+    sample_batches(cfg, plan(cfg), load_model(cfg), torch.device("cpu"),
                    lambda x, x0, idx: out.update({i: (x[k], x0[k]) for k, i in enumerate(idx)}))
     return out
 
@@ -169,7 +168,7 @@ def test_plan_rejects_bad_budgets():
 
 
 def test_digits_denoiser_is_the_exact_posterior_mean():
-    m = build_model({"family": "digits", "noise_schedule": {"type": "edm"}})
+    m = build_model({"family": "digits", "noise_schedule": {"name": "edm"}})
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     s = 0.7
     c = torch.as_tensor(m.centers)

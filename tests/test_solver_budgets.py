@@ -9,20 +9,18 @@ variants below that change the step/NFE rule (degenerate budgets included).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from launch.run import plan, sample_batches
+from launch.run import load_model, plan, sample_batches
 from common.errors import NfebenchError
 from sampling.registry import SOLVERS, get_solver
 
+from helpers import solver_defaults
+
 get_solver("ddim")  # imports every solver module, so SOLVERS is complete
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MAX_NFE = 50
-MODEL = {"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"type": "vp_linear"}, "dtype": "float64"}
+MODEL = {"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"name": "vp_linear"}, "dtype": "float64"}
 
 # Options that change how a budget becomes steps (or make low budgets degenerate).
 VARIANTS = {
@@ -42,29 +40,16 @@ VARIANTS = {
 }
 
 
-def _defaults(name):
-    """(solver options, schedule config) from the solver's yaml, as a Hydra run would compose them."""
-    path = CONFIGS / "solver" / f"{name}.yaml"
-    opts = OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {"name": name}
-    grid = "logsnr"
-    for entry in opts.pop("defaults", []):
-        for key, value in (entry.items() if isinstance(entry, dict) else []):
-            if key.endswith("schedule@_global_.schedule"):
-                grid = value
-    schedule = OmegaConf.to_container(OmegaConf.load(CONFIGS / "schedule" / f"{grid}.yaml"))
-    return opts, schedule
-
-
 def _cases():
     for name in sorted(SOLVERS):
-        opts, schedule = _defaults(name)
+        opts, schedule = solver_defaults(name)
         for extra in [{}] + VARIANTS.get(name, []):
             label = "-".join(f"{k}={v}" for k, v in extra.items()) or "default"
             yield pytest.param(name, {**opts, **extra}, schedule, id=f"{name}-{label}")
 
 
 @pytest.mark.parametrize("name,opts,schedule", list(_cases()))
-def test_every_budget(name, opts, schedule):
+def test_every_solver_at_every_budget_spends_its_cost_or_refuses_cleanly(name, opts, schedule):
     spec = get_solver(name)
     solver_opts = {k: v for k, v in opts.items() if k != "name"}
     minimum = spec.min_nfe(**solver_opts)
@@ -76,12 +61,11 @@ def test_every_budget(name, opts, schedule):
             with pytest.raises(NfebenchError):
                 plan(cfg)
             continue
-        model, spec, solver_opts, ts, dtype = plan(cfg)
-        steps = len(ts) - 1
+        p, out = plan(cfg), []
+        spec, solver_opts, steps = p.spec, p.solver_opts, p.steps
         assert spec.cost(steps, **solver_opts) <= nfe
-        out = []
-        counted, _ = sample_batches(cfg, model, spec, solver_opts, ts, dtype, torch.device("cpu"),
-                                    lambda x, x_start, idx: out.append(x))
+        counted = sample_batches(cfg, p, load_model(cfg), torch.device("cpu"),
+                                 lambda x, x_start, idx: out.append(x)).counted
         assert counted == spec.cost(steps, **solver_opts) <= nfe, f"nfe={nfe}"
         assert torch.isfinite(out[0]).all() and out[0].shape == (3, 1, 4, 4)
         if spec.describe is not None:
