@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.errors import NfebenchError
-from helpers import compose_cfg, gaussian, launch, solve
+from helpers import compose_cfg, gaussian, launch, solve_steps
 from models.counter import CountedDenoiser
 from models.registry import build_model
 from sampling.seeds import SampleNoise
@@ -21,11 +21,11 @@ F64 = pytest.mark.usefixtures("float64_default")
 @pytest.mark.parametrize("grid", ["time_uniform", "logsnr"])
 def test_gamma_zero_is_ddim(grid):
     model = gaussian()
-    a, _, _, counter = solve(model, "bdia", 9, grid=grid, n=4, gamma=0.0)
-    b, _, _, _ = solve(model, "ddim", 9, grid=grid, n=4)
+    a, _, _, counter = solve_steps(model, "bdia", 9, grid=grid, n=4, gamma=0.0)
+    b, _, _, _ = solve_steps(model, "ddim", 9, grid=grid, n=4)
     # same arithmetic up to how torch rounds a*x0 + s*eps (add_ with alpha): a few ulps, not bit for bit
     assert torch.allclose(a, b, rtol=0, atol=1e-14) and counter.count == 9
-    c, _, _, _ = solve(model, "bdia", 9, grid=grid, n=4, gamma=0.5)
+    c, _, _, _ = solve_steps(model, "bdia", 9, grid=grid, n=4, gamma=0.5)
     assert not torch.allclose(a, c, atol=1e-4)  # gamma does act
 
 
@@ -58,7 +58,7 @@ def _reference_bdia(model, x, ts, gamma):
 @pytest.mark.parametrize("gamma", [0.5, 1.0])
 def test_matches_reference_update(gamma):
     model = gaussian()
-    x, x_start, ts, _ = solve(model, "bdia", 10, grid="time_uniform", n=5, gamma=gamma)
+    x, x_start, ts, _ = solve_steps(model, "bdia", 10, grid="time_uniform", n=5, gamma=gamma)
     assert torch.allclose(x, _reference_bdia(model, x_start, ts, gamma), rtol=0, atol=1e-13)
 
 
@@ -95,7 +95,7 @@ def test_float32_round_trip_error_grows_like_gamma_to_the_minus_n():
 def test_bad_gamma_refuses():
     model = gaussian()
     with pytest.raises(NfebenchError, match="gamma"):
-        solve(model, "bdia", 4, gamma=1.5)
+        solve_steps(model, "bdia", 4, gamma=1.5)
     with pytest.raises(NfebenchError, match="gamma > 0"):
         bdia.invert(model, (None, None), [0.9, 0.5, 0.1], model.noise, 0.0)
 
@@ -133,7 +133,7 @@ def test_convergence_order(gamma, grid, order):
     for n in steps:
         opts = {"grid": "explicit", "grid_opts": {"ts": model.noise.t_of_edm_sigma(np.linspace(1.0, 0.2, n + 1))}} \
             if grid == "sigma" else {"grid": grid}
-        x, x_start, ts, _ = solve(model, "bdia", n, n=8, gamma=gamma, **opts)
+        x, x_start, ts, _ = solve_steps(model, "bdia", n, n=8, gamma=gamma, **opts)
         errs.append(float((x - model.ode_solution(x_start, float(ts[0]), float(ts[-1]))).pow(2).mean().sqrt()))
     assert abs(-np.polyfit(np.log(steps), np.log(errs), 1)[0] - order) <= 0.25, errs
 
@@ -142,6 +142,6 @@ def test_convergence_order(gamma, grid, order):
 def test_golden():
     """Regression golden from this implementation after it matched the transcribed reference update above:
     4 samples (seed 0), gaussian vp_linear, 6 time-uniform steps, gamma 0.5: (mean, mean |x|)."""
-    x, _, _, _ = solve(gaussian(), "bdia", 6, grid="time_uniform", n=4, gamma=0.5)
+    x, _, _, _ = solve_steps(gaussian(), "bdia", 6, grid="time_uniform", n=4, gamma=0.5)
     assert float(x.mean()) == pytest.approx(-0.10362284993506286, rel=1e-9, abs=1e-12)
     assert float(x.abs().mean()) == pytest.approx(0.3180282212149361, rel=1e-9)

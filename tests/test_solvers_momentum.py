@@ -12,7 +12,7 @@ import torch
 from common.errors import NfebenchError
 from models.counter import BudgetExceeded
 from sampling.registry import get_solver
-from helpers import gaussian, launch, solve
+from helpers import gaussian, launch, solve_steps
 from sampling.solvers.momentum import mixer_weights, split_order
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -32,14 +32,15 @@ def test_order_notation_and_mixer():
             assert sum(mixer_weights(m, b)) == pytest.approx(1.0, rel=1e-14)  # consistent for every beta
 
 
-def _pair(a, b, steps=10, grid="logsnr", **kw):
-    x, _, _, ca = solve(gaussian(), a[0], steps, grid=grid, n=4, **a[1], **kw)
-    y, _, _, cb = solve(gaussian(), b[0], steps, grid=grid, n=4, **b[1], **kw)
+def _pair(a, b, steps=10, grid="logsnr"):
+    x, _, _, ca = solve_steps(gaussian(), a[0], steps, grid=grid, n=4, **a[1])
+    y, _, _, cb = solve_steps(gaussian(), b[0], steps, grid=grid, n=4, **b[1])
     assert ca.count == cb.count == steps
     return x, y
 
 
-@pytest.mark.parametrize("lof,grid,steps", [("below_10", "logsnr", 8), ("never", "karras", 12), ("always", "logsnr", 5)])
+@pytest.mark.parametrize("lof,grid,steps", [("below_10", "logsnr", 8), ("never", "karras", 12),
+                                           ("always", "logsnr", 5)])
 def test_hb_dpmpp_at_beta_one_is_dpmpp_2m_bit_for_bit(lof, grid, steps):
     x, y = _pair(("hb_dpmpp", {"order": 2, "lower_order_final": lof}), ("dpmpp", {"lower_order_final": lof}),
                  steps, grid)
@@ -67,8 +68,8 @@ def test_pseudo_heun_warmup_at_beta_one_is_pndm(solver, m, method):
     """warmup=pseudo_heun, order 4 / 2: pndm's plms / s_pndm, same NFE (steps + 1); to ~1e-14 because pndm
     writes DDIM's transfer as c_x x + c_e e with its own host coefficients (measured max 2.2e-14)."""
     for grid in ("time_uniform", "logsnr"):
-        x, _, _, ca = solve(gaussian(), solver, 9, grid=grid, n=4, order=m, warmup="pseudo_heun")
-        y, _, _, cb = solve(gaussian(), "pndm", 9, grid=grid, n=4, method=method)
+        x, _, _, ca = solve_steps(gaussian(), solver, 9, grid=grid, n=4, order=m, warmup="pseudo_heun")
+        y, _, _, cb = solve_steps(gaussian(), "pndm", 9, grid=grid, n=4, method=method)
         assert torch.allclose(x, y, rtol=0, atol=1e-13) and ca.count == cb.count == 10
 
 
@@ -81,13 +82,13 @@ def test_nfe_accounting(solver, opts):
         assert steps >= 1 and spec.cost(steps, **opts) <= nfe < spec.cost(steps + 1, **opts)
     for steps in (1, 2, 5):
         budget = spec.cost(steps, **opts)
-        x, _, _, counter = solve(gaussian(), solver, steps, n=2, budget=budget, **opts)
+        x, _, _, counter = solve_steps(gaussian(), solver, steps, n=2, budget=budget, **opts)
         assert counter.count == budget and torch.isfinite(x).all()
         with pytest.raises(BudgetExceeded):
-            solve(gaussian(), solver, steps, n=2, budget=budget - 1, **opts)
+            solve_steps(gaussian(), solver, steps, n=2, budget=budget - 1, **opts)
     if solver != "hb_dpmpp":
         with pytest.raises(NfebenchError, match="warmup"):
-            solve(gaussian(), solver, 3, warmup="rk4")
+            solve_steps(gaussian(), solver, 3, warmup="rk4")
 
 
 # --- transcriptions of sWizad/momentum-diffusion stable_diffusion/diffusion/momentum_scheduler.py ----------
@@ -157,7 +158,7 @@ def _ref_dpmpp_momentum(model, x, ts, beta, lower_final):
                                           ("ghvb", 1.5)])
 def test_plms_momentum_matches_reference_update(solver, order):
     model = gaussian()
-    x, x_start, ts, _ = solve(model, solver, 9, grid="time_uniform", n=3, order=order)
+    x, x_start, ts, _ = solve_steps(model, solver, 9, grid="time_uniform", n=3, order=order)
     ref = _ref_plms_momentum(model, x_start, ts, order, ghvb=solver == "ghvb")
     assert torch.allclose(x, ref, rtol=0, atol=1e-12), float((x - ref).abs().max())
 
@@ -166,7 +167,7 @@ def test_plms_momentum_matches_reference_update(solver, order):
 @pytest.mark.parametrize("order", [1.8, 1.3])
 def test_dpmpp_momentum_matches_reference_update(steps, lof, order):
     model = gaussian()
-    x, x_start, ts, _ = solve(model, "hb_dpmpp", steps, n=3, order=order, lower_order_final=lof)
+    x, x_start, ts, _ = solve_steps(model, "hb_dpmpp", steps, n=3, order=order, lower_order_final=lof)
     ref = _ref_dpmpp_momentum(model, x_start, ts, round(order - 1, 12), lower_final=lof == "below_10" and steps < 10)
     assert torch.allclose(x, ref, rtol=0, atol=1e-12), float((x - ref).abs().max())
 
@@ -176,10 +177,10 @@ def test_dpmpp_momentum_matches_reference_update(steps, lof, order):
 def _ode_err(solver, steps, grid, **opts):
     model = gaussian()
     if grid == "sigma":  # uniform in EDM sigma, where uniform-step AB weights are exact (as test_solvers_classic)
-        x, x_start, ts, _ = solve(model, solver, steps, grid="explicit", n=8,
-                                  grid_opts={"ts": model.noise.t_of_edm_sigma(np.linspace(1.0, 0.2, steps + 1))}, **opts)
+        ts = model.noise.t_of_edm_sigma(np.linspace(1.0, 0.2, steps + 1))
+        x, x_start, ts, _ = solve_steps(model, solver, steps, grid="explicit", n=8, grid_opts={"ts": ts}, **opts)
     else:
-        x, x_start, ts, _ = solve(model, solver, steps, grid=grid, n=8, **opts)
+        x, x_start, ts, _ = solve_steps(model, solver, steps, grid=grid, n=8, **opts)
     return float((x - model.ode_solution(x_start, float(ts[0]), float(ts[-1]))).pow(2).mean().sqrt())
 
 
@@ -220,7 +221,7 @@ def test_momentum_stays_bounded_where_ab_diverges():
     model = Guided(gaussian(), 2.0)
 
     def size(steps, solver, order):
-        x, x_start, _, _ = solve(model, solver, steps, grid="time_uniform", n=8, order=order)
+        x, x_start, _, _ = solve_steps(model, solver, steps, grid="time_uniform", n=8, order=order)
         return float(x.abs().max() / x_start.abs().max())
 
     for steps in (8, 12):
@@ -242,7 +243,7 @@ GOLDEN = {("hb", 3.8, "time_uniform"): (-0.1068234396171906, 0.3278009368806738)
 @pytest.mark.parametrize("key", sorted(GOLDEN))
 def test_golden(key):
     solver, order, grid = key
-    x, _, _, _ = solve(gaussian(), solver, 6, grid=grid, n=4, order=order)
+    x, _, _, _ = solve_steps(gaussian(), solver, 6, grid=grid, n=4, order=order)
     mean, mean_abs = GOLDEN[key]
     assert float(x.mean()) == pytest.approx(mean, rel=1e-9, abs=1e-12)
     assert float(x.abs().mean()) == pytest.approx(mean_abs, rel=1e-9)
