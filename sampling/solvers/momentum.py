@@ -112,12 +112,16 @@ def _run_hb(form, model, x, g, plan, first=None):
     return x
 
 
+def _eps_setup(noise, ts, order, warmup):
+    """What HB-on-PLMS and GHVB share: (AB order, beta, warm-up step, grid, eps-space steps, step orders)."""
+    m, beta = split_order(order)
+    g = grid_coeffs(noise, ts)
+    return (m, beta, _warmup(warmup), g, *_eps_steps(g, m))
+
+
 @register_solver("hb", steps=_steps, cost=_cost, describe=_describe)
 def sample_hb(model, x, ts, noise, rng=None, order: float = 3.8, warmup="ab"):
-    m, beta = split_order(order)
-    first = _warmup(warmup)
-    g = grid_coeffs(noise, ts)
-    steps, orders = _eps_steps(g, m)
+    m, beta, first, g, steps, orders = _eps_setup(noise, ts, order, warmup)
     w = [tuple(s * c for c in mixer_weights(o, 1.0)) for (_, s), o in zip(steps, orders)]
     on = [k > 0 for k in range(len(steps))]
     return _run_hb("eps", model, x, g, _with_momentum(beta, *zip(*steps), w, on), first)
@@ -140,10 +144,7 @@ def sample_hb_dpmpp(model, x, ts, noise, rng=None, order: float = 1.8, lower_ord
 
 @register_solver("ghvb", steps=_steps, cost=_cost, describe=_describe)
 def sample_ghvb(model, x, ts, noise, rng=None, order: float = 3.8, warmup="ab"):
-    m, beta = split_order(order)
-    first = _warmup(warmup)
-    g = grid_coeffs(noise, ts)
-    steps, orders = _eps_steps(g, m)
+    m, beta, first, g, steps, orders = _eps_setup(noise, ts, order, warmup)
     vs = deque(maxlen=m)  # newest first
     for k, ((keep, s), o) in enumerate(zip(steps, orders)):
         eps = predict("eps", model, x, g.t[k], g.alpha[k], g.sigma[k])
