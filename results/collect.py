@@ -25,6 +25,7 @@ from launch.cli import report
 from launch.records import RECORD_NAME, load_record
 from common.files import atomic_write_bytes
 from common.errors import NfebenchError
+from common.registry import check_choice
 
 from . import published as pub
 from .settings import flatten, fmt, label, run_settings, setup_part, solver_part
@@ -482,10 +483,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the table to FILE (atomically) instead of stdout")
     try:
         args = p.parse_args(argv)
-        if args.format not in FORMATS:
-            raise NfebenchError(f"unknown --format '{args.format}'; valid: {', '.join(FORMATS)}")
-        if args.compare not in (None, "published"):
-            raise NfebenchError(f"unknown --compare '{args.compare}'; valid: published")
+        check_choice("--format", args.format, FORMATS)
+        if args.compare is not None:
+            check_choice("--compare", args.compare, ["published"])
         if args.plot is not None:
             if args.plot.suffix.lower() not in PLOT_SUFFIXES:
                 raise NfebenchError(f"--plot {args.plot}: unknown image type; valid: {', '.join(PLOT_SUFFIXES)}")
