@@ -158,15 +158,20 @@ def _launch_preset(ckpt, out, *overrides):
                   "metrics=none", "device=cpu", f"hydra.run.dir={out}")
 
 
-def test_protocol_diffusers_pndm_through_launch_py_counts_its_last_call(ckpt, tmp_path):
-    """PNDMScheduler() through launch.py: its grid, its wasted last call counted, and nfe below 13 refused
-    (the samples themselves are compared on the same plan/sample_batches path above)."""
+def _preset_record(ckpt, tmp_path, *overrides) -> dict:
+    """The record of a successful _launch_preset run."""
     import json
 
     out = tmp_path / "run"
-    r = _launch_preset(ckpt, out, "solver=pndm", "nfe=19")
+    r = _launch_preset(ckpt, out, *overrides)
     assert r.returncode == 0, r.stderr
-    rec = json.loads((out / "record.json").read_text())
+    return json.loads((out / "record.json").read_text())
+
+
+def test_protocol_diffusers_pndm_through_launch_py_counts_its_last_call(ckpt, tmp_path):
+    """PNDMScheduler() through launch.py: its grid, its wasted last call counted, and nfe below 13 refused
+    (the samples themselves are compared on the same plan/sample_batches path above)."""
+    rec = _preset_record(ckpt, tmp_path, "solver=pndm", "nfe=19")
     sched = diffusers.PNDMScheduler()
     sched.set_timesteps(10)
     assert np.allclose(rec["schedule"]["t_grid"], (np.arange(900, -1, -100) + 1.0) / 1000)
@@ -180,12 +185,7 @@ def test_protocol_diffusers_pndm_through_launch_py_counts_its_last_call(ckpt, tm
 
 def test_protocol_diffusers_through_launch_py_runs_dpmpp_on_diffusers_grid(ckpt, tmp_path):
     """The issue's command, as a user types it: the saved samples equal DPMSolverMultistepScheduler()'s."""
-    import json
-
-    out = tmp_path / "run"
-    r = _launch_preset(ckpt, out, "solver=dpmpp", "nfe=10")
-    assert r.returncode == 0, r.stderr
-    rec = json.loads((out / "record.json").read_text())
+    rec = _preset_record(ckpt, tmp_path, "solver=dpmpp", "nfe=10")
     sched = diffusers.DPMSolverMultistepScheduler()
     sched.set_timesteps(10)
     assert np.allclose(rec["schedule"]["t_grid"], (sched.timesteps.numpy() + 1.0) / 1000)

@@ -17,7 +17,7 @@ from common.registry import check_choice
 from ..registry import register_solver
 from . import multistep
 from .expint import lagrange_weights, step
-from .grid import grid_coeffs
+from .grid import grid_coeffs, per_run
 from .orders import describe_multistep, multistep_orders
 
 GAUSS = np.polynomial.legendre.leggauss(16)
@@ -59,7 +59,7 @@ def deis_weights(g, orders, basis, noise):
     return [weights(g, k, o, noise) for k, o in enumerate(orders)]
 
 
-@multistep.per_grid
+@per_run
 def plan(noise, ts, order: int, lower_order_final, basis: str):
     """(grid, steps): x_{k+1} = alpha_{k+1}/alpha_k x_k + sum_j w_j eps_{k-j}; the quadrature runs once per run."""
     g = grid_coeffs(noise, ts)

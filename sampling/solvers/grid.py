@@ -29,7 +29,7 @@ def per_run(plan):
     """Caches ``plan(noise, ts, *options)``: a run calls its solver once per batch with the same schedule,
     grid and options, so the host-side coefficients are built once. The noise schedule is keyed by
     identity; options must be hashable; the result is shared, so it must never be modified."""
-    cached = functools.lru_cache(maxsize=16)(lambda noise, ts, *opts: plan(noise, np.array(ts), *opts))
+    cached = functools.lru_cache(maxsize=32)(lambda noise, ts, *opts: plan(noise, np.array(ts), *opts))
 
     @functools.wraps(plan)
     def wrap(noise, ts, *opts):

@@ -6,15 +6,14 @@ Every step of dpmpp, dpm_solver (multistep), deis, unipc and dpmpp_sde is
     x_{k+1} = keep_k x_k + sum_j w_kj m_{k-j}      (m: the model's predictions, newest first)
 
 with keep and w host floats that each solver's file builds from its paper's terms (``step_weights``)
-once per run (``plan``, ``per_grid``), so the loop is one ``combine`` per step (``run``).
+once per run (``plan``, cached by ``grid.per_run``), so the loop is one ``combine`` per step (``run``).
 """
 from __future__ import annotations
 
-import functools
 from collections import deque
 
 from .expint import predict
-from .grid import grid_coeffs
+from .grid import grid_coeffs, per_run
 from .orders import multistep_orders
 
 
@@ -57,19 +56,7 @@ def on_predictions(g, k: int, order: int, c0: float, c1: float = 0.0, c2: float 
     return (c0 + on_D1_0 / r0, on_D1_1 / r1 - on_D1_0 / r0, -on_D1_1 / r1)
 
 
-def per_grid(plan):
-    """Memoise plan(noise, ts, *options) -> host floats: a run calls its solver once per batch on one grid,
-    so the weights (DEIS's quadrature, UniPC's linear solves) are computed once per run."""
-    cached = functools.lru_cache(maxsize=32)(plan)
-
-    @functools.wraps(plan)
-    def call(noise, ts, *options):
-        return cached(noise, tuple(float(t) for t in ts), *options)
-
-    return call
-
-
-@per_grid
+@per_run
 def plan(noise, ts, step_weights, order: int, lower_order_final, *options):
     """(grid, [step_weights(g, k, order_k, *options) for every step k -> k+1]), the orders from orders.py."""
     g = grid_coeffs(noise, ts)

@@ -21,8 +21,8 @@ import numpy as np
 
 from common.registry import check_choice
 from .expint import lagrange_weights, predict, step_between
-from .grid import grid_coeffs
-from .multistep import combine, per_grid
+from .grid import grid_coeffs, per_run
+from .multistep import combine
 
 OUTER_GRIDS = ("logsnr", "fine")
 FRACTIONS = {1: [], 2: [0.5], 3: [1 / 3, 2 / 3]}
@@ -74,7 +74,7 @@ def _block(form, pts, end) -> Block:
     return Block(pts, stages)
 
 
-@per_grid
+@per_run
 def plan_blocks(noise, ts, form: str, order: int, outer_grid: str) -> list[Block]:
     g = grid_coeffs(noise, ts)
     n = len(g.t) - 1

@@ -17,8 +17,8 @@ import numpy as np
 from common.registry import check_choice
 from ..registry import register_solver
 from .expint import phi
-from .grid import grid_coeffs
-from .multistep import combine, per_grid
+from .grid import grid_coeffs, per_run
+from .multistep import combine
 from .orders import describe_multistep, multistep_orders
 
 B_FUNCTIONS = {"bh1": lambda hh: hh, "bh2": math.expm1}
@@ -53,7 +53,7 @@ def _coeffs(g, k, order, variant, corrector):
     return tuple(float(v) for v in w)
 
 
-@per_grid
+@per_run
 def plan(noise, ts, order: int, variant: str, lower_order_final):
     """Model times, keep_k = sigma_{k+1}/sigma_k, and the predictor and corrector weights of each step k -> k+1."""
     g = grid_coeffs(noise, ts)
