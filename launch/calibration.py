@@ -40,8 +40,10 @@ def options(cfg: dict) -> tuple[str, Path]:
 
 
 def needs(cfg: dict, p) -> list[Need]:
-    """What this run's plan asks to be calibrated (none for most solvers)."""
-    return [p.calibration] if p.calibration else []
+    """What this run's plan asks to be calibrated (none for most solvers): the solver's need, and the data
+    statistics of a teleport (sampling/teleport.py)."""
+    hand = getattr(p, "teleport", None)
+    return [n for n in (p.calibration, hand.need if hand else None) if n]
 
 
 def fingerprint(model, cfg: dict) -> str:

@@ -27,6 +27,7 @@ from common.registry import check_choice
 from sampling.registry import get_solver
 from sampling.schedules import make_noise_schedule
 from sampling.seeds import SampleNoise, sample_seeds
+from sampling import teleport
 from sampling.timesteps import final_step, fixed_steps, make_grid
 
 from . import calibration, validate
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from sampling.calibration import Need
     from sampling.registry import SolverSpec
     from sampling.schedules import NoiseSchedule
+    from sampling.teleport import Handover
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -60,6 +62,12 @@ class Plan:
     ts: np.ndarray
     final_x0: bool  # one more counted evaluation replaces x at the last grid point by the model's x0
     calibration: Need | None = None  # what the solver needs computed from the model first (launch/calibration.py)
+    teleport: Handover | None = None  # the Gaussian solution replaces the start of the grid; ts is what is left
+
+    @property
+    def t_start(self) -> float:
+        """Where the initial noise is drawn (before any teleport)."""
+        return self.teleport.t_start if self.teleport else float(self.ts[0])
 
     @property
     def steps(self) -> int:
@@ -101,8 +109,10 @@ def plan(cfg: dict) -> Plan:
     steps, _ = budget(cfg, spec, solver_opts)
     grid_opts = grid_config(cfg)
     ts = make_grid(noise, steps, grid_opts.pop("name", None), t_end=cfg.get("t_end"), **grid_opts)
+    hand = teleport.plan(cfg.get("teleport"), noise, ts, grid_config(cfg), cfg.get("t_end"), model_cfg)
+    ts = hand.ts if hand else ts
     need = spec.calibration(ts, noise, dtype, **solver_opts) if spec.calibration else None
-    p = Plan(spec, solver_opts, dtype, noise, ts, bool(_final_denoise_cost(cfg)), need)
+    p = Plan(spec, solver_opts, dtype, noise, ts, bool(_final_denoise_cost(cfg)), need, hand)
     calibration.check(cfg, p)
     return p
 
@@ -140,7 +150,7 @@ def suite_needs_model(cfg: dict) -> bool:
 
 
 def metric_suite(cfg: dict, p: Plan, model=None):
-    return build_metrics(metrics_config(cfg), model, float(p.ts[0]), float(p.ts[-1]))
+    return build_metrics(metrics_config(cfg), model, p.t_start, float(p.ts[-1]))
 
 
 def _check_solver_options(spec, opts: dict, nfe: int) -> None:
@@ -196,12 +206,15 @@ def sample_batch(cfg: dict, p: Plan, model, idx, device, seeds=None, trace=False
     calibrated: {kind: arrays} from launch.calibration.prepare, when the plan needs calibration."""
     extra = {"calibration": calibrated[p.calibration.kind]} if p.calibration else {}
     rng = SampleNoise(cfg["seed"], idx, model.shape, dtype=p.dtype, device=device, seeds=seeds)
-    x_start = float(model.noise.sigma(p.ts[0])) * rng.draw()
+    x_start = float(model.noise.sigma(p.t_start)) * rng.draw()
+    x = x_start
+    if p.teleport and p.teleport.need:  # the closed-form Gaussian PF-ODE to the hand-over time, 0 NFE
+        x = teleport.teleport(x_start, p.t_start, p.teleport.t, model.noise, calibrated[teleport.KIND])
     # Per-sample conditioning (class labels) depends on (seed, i) only; the counter binds it.
     cond = model.conditions(cfg["seed"], idx) if hasattr(model, "conditions") else None
     counter = CountedDenoiser(model, budget=cfg["nfe"], cond=cond, trace=trace)
     with torch.no_grad():
-        x = p.spec.fn(counter, x_start, p.ts, model.noise, rng, **p.solver_opts, **extra)
+        x = p.spec.fn(counter, x, p.ts, model.noise, rng, **p.solver_opts, **extra)
         if p.final_x0:
             t = float(p.ts[-1])
             x = p.spec.final(counter, x, t, **p.solver_opts) if p.spec.final else counter(x, t)
@@ -302,6 +315,8 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
     timing = {"total_s": time.perf_counter() - t0, "load_s": load_s}
     record = build_record(cfg, p, model, device, stats, results, suite.protocol(), timing)
     record["calibration"] = cal_info
+    if p.teleport:
+        record["teleport"] = teleport_record(cfg, p, model.noise)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -312,6 +327,13 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
         atomic_write_bytes(out_dir / "samples.png", _png_grid(torch.cat(shown)[:n_shown]))
     atomic_write_json(out_dir / RECORD_NAME, record)
     return record
+
+
+def teleport_record(cfg: dict, p: Plan, noise) -> dict:
+    """The hand-over and what it saved; nfe.counted stays the budget actually spent."""
+    full = budget(cfg, p.spec, p.solver_opts)[1]
+    return {"options": dict(cfg["teleport"]), **p.teleport.describe(noise), "nfe_without": full,
+            "nfe_saved": full - p.cost}
 
 
 def _write_calibration_record(cfg: dict, p: Plan, model, cal_info: dict, out_dir, total_s: float) -> dict:
