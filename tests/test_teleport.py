@@ -216,3 +216,11 @@ def test_bad_teleport_options_fail_in_one_line(tmp_path, overrides, message):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"nfebench: error: {message}"]
     assert not (tmp_path / "run").exists() or not (tmp_path / "run" / "record.json").exists()
+
+
+def test_leaderboard_rows_name_the_teleport():
+    from results.leaderboard import teleport_label
+
+    opts = {"skip": None, "sigma": 10, "stats": "auto", "rank": 8, "residual": "mean", "regrid": "restart"}
+    assert teleport_label({"teleport": {"options": opts}}) == " + teleport(rank=8,sigma=10)"
+    assert teleport_label({}) == ""
