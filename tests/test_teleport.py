@@ -224,3 +224,10 @@ def test_leaderboard_rows_name_the_teleport():
     opts = {"skip": None, "sigma": 10, "stats": "auto", "rank": 8, "residual": "mean", "regrid": "restart"}
     assert teleport_label({"teleport": {"options": opts}}) == " + teleport(rank=8,sigma=10)"
     assert teleport_label({}) == ""
+
+
+def test_dry_run_counts_what_a_teleported_run_spends():
+    from launch.dry_run import plan_run
+
+    assert plan_run(compose_cfg("model=digits", "nfe=10", "teleport.skip=0.3"))["counted"] == 7
+    assert plan_run(compose_cfg("model=digits", "nfe=10"))["counted"] == 10
