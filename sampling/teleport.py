@@ -147,12 +147,17 @@ def teleport(x: torch.Tensor, t0: float, t1: float, noise, stats: dict) -> torch
 def eigen_stats(mean, cov, rank: int | None, residual: str) -> dict:
     """Top-rank eigenpairs of cov (largest first) and the isotropic variance of the rest."""
     lam, vec = np.linalg.eigh(np.asarray(cov, np.float64))
-    lam, vec = np.clip(lam[::-1], 0.0, None), vec[:, ::-1]
+    return truncated(mean, np.clip(lam, 0.0, None), vec, rank, residual)
+
+
+def truncated(mean, lam, vec, rank: int | None, residual: str) -> dict:
+    """The rank largest eigenpairs (all when rank is None) and the isotropic variance of the dropped ones."""
+    order = np.argsort(lam, kind="stable")[::-1]
     k = len(lam) if rank is None else min(int(rank), len(lam))
-    rest = lam[k:]
+    rest = lam[order[k:]]
     r = float(rest.mean()) if residual == "mean" and len(rest) else 0.0
-    return {"mean": np.asarray(mean, np.float64), "eigvals": lam[:k].copy(), "eigvecs": np.ascontiguousarray(vec[:, :k]),
-            "residual": np.asarray(r)}
+    return {"mean": np.asarray(mean, np.float64).reshape(-1), "eigvals": lam[order[:k]],
+            "eigvecs": np.ascontiguousarray(vec[:, order[:k]]), "residual": np.asarray(r)}
 
 
 def moments(batches) -> tuple[np.ndarray, np.ndarray]:
@@ -188,13 +193,8 @@ def _npz_stats(path: Path, rank, residual) -> dict:
             x = (x.transpose(0, 3, 1, 2) if x.ndim == 4 and x.shape[-1] in (1, 3) else x) / 127.5 - 1
         return eigen_stats(*moments([x.reshape(len(x), -1)]), rank, residual)
     if {"mean", "eigvals", "eigvecs"} <= set(arrays):
-        lam, vec = np.asarray(arrays["eigvals"], np.float64), np.asarray(arrays["eigvecs"], np.float64)
-        order = np.argsort(lam)[::-1]
-        k = len(lam) if rank is None else min(int(rank), len(lam))
-        dropped = lam[order[k:]]
-        r = float(dropped.mean()) if residual == "mean" and len(dropped) else 0.0
-        return {"mean": np.asarray(arrays["mean"], np.float64).reshape(-1), "eigvals": lam[order[:k]],
-                "eigvecs": np.ascontiguousarray(vec[:, order[:k]]), "residual": np.asarray(r)}
+        return truncated(arrays["mean"], np.asarray(arrays["eigvals"], np.float64),
+                         np.asarray(arrays["eigvecs"], np.float64), rank, residual)
     raise NfebenchError(f"teleport.stats npz {path} needs 'images' (N x C x H x W in [-1, 1], or uint8) or "
                         f"'mean', 'eigvals' and 'eigvecs'; it has {', '.join(arrays) or 'nothing'}")
 
