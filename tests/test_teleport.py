@@ -12,7 +12,7 @@ from launch import calibration
 from launch.run import load_model, plan, sample_batch, sample_batches
 from sampling import teleport
 from sampling.timesteps import make_grid
-from helpers import compose_cfg, launch, write_pngs
+from helpers import compose_cfg, launch, run_module, write_pngs
 
 
 def _identity(model, x, ts, noise, rng, **opts):
@@ -231,3 +231,15 @@ def test_dry_run_counts_what_a_teleported_run_spends():
 
     assert plan_run(compose_cfg("model=digits", "nfe=10", "teleport.skip=0.3"))["counted"] == 7
     assert plan_run(compose_cfg("model=digits", "nfe=10"))["counted"] == 10
+
+
+def test_the_readme_error_table_command_runs():
+    """`python -m launch.teleport_error` (the README's tables) in miniature: 4 samples, one sigma, one skip."""
+    r = run_module("launch.teleport_error", "--num-samples", "4", "--ranks", "full,8", "--sigmas", "80",
+                   "--skips", "0.4")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("|") for line in r.stdout.splitlines() if line.startswith("| 80 |")]
+    full, low = (float(c.split()[0]) for c in rows[0][2:4])
+    assert 0 < full < low < 0.01  # full rank is closer to the exact path than rank 8 at sigma 80
+    spent = [line for line in r.stdout.splitlines() if "teleport.skip=0.4 rank full" in line]
+    assert spent and spent[0].split("|")[2].strip() == "6"
