@@ -65,12 +65,16 @@ def enabled(opts) -> bool:
 
 def plan(opts: dict, noise, ts: np.ndarray, grid_opts: dict, t_end, model_cfg: dict) -> Handover | None:
     """The hand-over of a run whose solver would walk ts (None when teleport is off). No model needed."""
-    if not enabled(opts):
-        return None
+    opts = opts or {}
     unknown = sorted(set(opts) - set(OPTIONS))
     if unknown:
         raise NfebenchError(f"unknown teleport option(s) {', '.join(unknown)}; valid: {', '.join(OPTIONS)}")
+    # the choices are checked even while teleport is off: a typo must not pass silently
     regrid = check_choice("teleport.regrid", opts.get("regrid", "restart"), REGRIDS)
+    check_choice("teleport.residual", opts.get("residual", "mean"), RESIDUALS)
+    _rank(opts.get("rank"))
+    if not enabled(opts):
+        return None
     steps = len(ts) - 1
     sig = noise.edm_sigma(ts)
     if opts.get("skip") is not None and opts.get("sigma") is not None:
@@ -108,6 +112,12 @@ def regridded(noise, ts, t, k, regrid, grid_opts, t_end) -> np.ndarray:
     params.pop("sigma_max", None)  # the restarted karras grid starts at the hand-over sigma
     return make_grid(noise, len(ts) - 1 - k, name, t_end=float(ts[-1]) if t_end is None else t_end, t_start=t,
                      **params)
+
+
+def _rank(rank):
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise NfebenchError(f"teleport.rank must be an integer >= 1 or null (full rank); got {rank!r}")
+    return rank
 
 
 def _number(key, v) -> float:
@@ -202,9 +212,7 @@ def _npz_stats(path: Path, rank, residual) -> dict:
 def stats_need(opts: dict, model_cfg: dict) -> Need:
     """The calibration Need of the data statistics: the source's identity (a file hash for folders and
     npz files), rank and residual rule key the cache; computing them costs no model evaluation."""
-    rank, residual = opts.get("rank"), check_choice("teleport.residual", opts.get("residual", "mean"), RESIDUALS)
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise NfebenchError(f"teleport.rank must be an integer >= 1 or null (full rank); got {rank!r}")
+    rank, residual = _rank(opts.get("rank")), check_choice("teleport.residual", opts.get("residual", "mean"), RESIDUALS)
     src = opts.get("stats", "auto")
     if src == "auto":
         src = "model" if model_cfg.get("family") in ANALYTIC_FAMILIES else \

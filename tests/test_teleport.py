@@ -200,7 +200,8 @@ def test_a_real_dataset_needs_its_statistics_named():
     (["teleport.skip=1.0"], "teleport.skip must be a fraction of the grid's steps in [0, 1); got 1.0"),
     (["teleport.skip=0.3", "teleport.sigma=2"], "teleport.skip and teleport.sigma both set; give one (null the other)"),
     (["teleport.sigma=1e6"], "teleport.sigma must lie inside the grid's sigma range (0.010486, 152.167); got 1000000.0"),
-    (["teleport.skip=0.5", "teleport.regrid=later"], "unknown teleport.regrid 'later'; valid: restart, keep"),
+    (["teleport.regrid=later"], "unknown teleport.regrid 'later'; valid: restart, keep"),  # even while off
+    (["+teleport.when=early"], "unknown teleport option(s) when; valid: skip, sigma, stats, rank, residual, regrid"),
     (["teleport.skip=0.5", "teleport.rank=0"], "teleport.rank must be an integer >= 1 or null (full rank); got 0"),
     (["teleport.skip=0.5", "teleport.stats=/nowhere/cifar"],
      "teleport.stats: no image folder or .npz file at /nowhere/cifar; put the dataset's images (png/jpg) in that "
