@@ -12,10 +12,12 @@ copied into every record that uses it. ``calibration.mode``:
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -85,11 +87,26 @@ def prepare(cfg: dict, p, model, device) -> tuple[dict, dict]:
             if mode == "require":
                 raise NfebenchError(f"calibration '{need.kind}' is not cached ({path}) and calibration.mode=require; "
                                     f"compute it first with calibrate_only=true (e.g. as its own SLURM job)")
-            got, status = _compute(need, model, device, model_id, path), "computed"
+            with _locked(path):
+                # a sweep's jobs share one calibration: whoever waited here finds the first one's file
+                got = None if mode == "recompute" else read_checked(path, required=("meta",))
+                if got is None:
+                    got, status = _compute(need, model, device, model_id, path), "computed"
         meta = json.loads(str(got.pop("meta")))
         arrays[need.kind] = got
         info[need.kind] = {"status": status, "file": str(path), "key": key, **meta}
     return arrays, info
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX)  # lockf: POSIX locks, which NFS (shared cluster caches) honours
+        try:
+            yield
+        finally:
+            fcntl.lockf(f, fcntl.LOCK_UN)
 
 
 def _compute(need: Need, model, device, model_id: str, path: Path) -> dict:

@@ -3,7 +3,10 @@
 These use a toy Need on the analytic models; the calibrated solvers' own tests run it through launch.py.
 """
 import dataclasses
+import functools
 import json
+import multiprocessing
+import time
 
 import numpy as np
 import pytest
@@ -75,7 +78,7 @@ def test_corrupt_or_stale_file_is_rebuilt(tmp_path):
     arrays["x0"] = arrays["x0"] + 1
     np.savez(first, **arrays)
     assert calibration.prepare(cfg, p, model, "cpu")[1]["toy"]["status"] == "computed"
-    assert len(list(path.iterdir())) == 1
+    assert len(list(path.glob("*.npz"))) == 1
 
 
 def test_require_fails_in_one_line_then_recompute_overwrites(tmp_path):
@@ -89,6 +92,32 @@ def test_require_fails_in_one_line_then_recompute_overwrites(tmp_path):
     info = calibration.prepare(cfg, p, model, "cpu")[1]["toy"]
     assert info["status"] == "computed"
     assert json.loads(str(np.load(info["file"])["meta"]))["created_at"] == info["created_at"]
+
+
+def _slow_calibration(model, device, log):
+    with open(log, "a") as f:
+        f.write("computing\n")
+    time.sleep(1.0)  # long enough for the other job to arrive while this one computes
+    return _mean_prediction(model, device)
+
+
+def _job(tmp_path, log, queue):
+    cfg, p, model = _setup(tmp_path)
+    p = dataclasses.replace(p, calibration=Need("toy", {"grid": [0.2, 0.5, 0.8]},
+                                                functools.partial(_slow_calibration, log=log)))
+    queue.put(calibration.prepare(cfg, p, model, "cpu")[1]["toy"]["status"])
+
+
+def test_concurrent_jobs_compute_it_once(tmp_path):
+    ctx = multiprocessing.get_context("spawn")  # fork after torch and hydra have started can deadlock
+    queue, log = ctx.Queue(), tmp_path / "log"
+    jobs = [ctx.Process(target=_job, args=(tmp_path, log, queue)) for _ in range(2)]
+    for j in jobs:
+        j.start()
+    for j in jobs:
+        j.join(60)
+    assert sorted(queue.get(timeout=5) for _ in jobs) == ["computed", "hit"]
+    assert log.read_text() == "computing\n"
 
 
 def test_no_need_no_work(tmp_path):
