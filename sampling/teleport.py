@@ -93,7 +93,8 @@ def plan(opts: dict, noise, ts: np.ndarray, grid_opts: dict, t_end, model_cfg: d
         k = int(np.count_nonzero(sig[1:] >= s))
         t = float(ts[k]) if sig[k] == s else float(noise.t_of_edm_sigma(s))
     if k >= steps:
-        raise NfebenchError(f"teleport skips all {steps} steps of the grid; lower teleport.skip or raise teleport.sigma")
+        raise NfebenchError(f"teleport skips all {steps} steps of the grid; lower teleport.skip or raise "
+                            f"teleport.sigma")
     if t == ts[0]:
         return Handover(float(ts[0]), t, ts, 0, ts, regrid, None)
     return Handover(float(ts[0]), t, regridded(noise, ts, t, k, regrid, grid_opts, t_end), k, ts, regrid,
@@ -218,8 +219,8 @@ def stats_need(opts: dict, model_cfg: dict) -> Need:
         src = "model" if model_cfg.get("family") in ANALYTIC_FAMILIES else \
             "digits" if model_cfg.get("name") == "digits_unet" else None
         if src is None:
-            raise NfebenchError(f"teleport.stats=auto knows no data for model '{model_cfg.get('name')}'; set "
-                                f"teleport.stats to an image folder or an npz ('images', or 'mean'+'eigvals'+'eigvecs')")
+            raise NfebenchError(f"teleport.stats=auto knows no data for model '{model_cfg.get('name')}'; set teleport."
+                                f"stats to an image folder or an npz ('images', or 'mean'+'eigvals'+'eigvecs')")
     settings = {"rank": rank, "residual": residual}
     if src == "model":
         if model_cfg.get("family") not in ANALYTIC_FAMILIES:
