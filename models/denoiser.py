@@ -46,6 +46,8 @@ class Denoiser:
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, t: float, cond=None) -> torch.Tensor:
+        if self.prediction == "x0":  # nothing to convert: skip the host-side schedule look-ups
+            return self.predict(x, t, cond)
         a, s = float(self.noise.alpha(t)), float(self.noise.sigma(t))
         return TO_X0[self.prediction](self.predict(x, t, cond), x, a, s)
 

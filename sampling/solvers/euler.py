@@ -29,5 +29,5 @@ def sample_euler(model, x, ts, noise, rng=None, S_churn: float = 0.0, S_tmin: fl
     for std, a_hat, t_hat, r in steps:
         churn_(x, std, rng)
         x0 = model(scaled(x, a_hat, inp), t_hat)
-        x.mul_(r).add_(x0, alpha=1.0 - r)
+        x.lerp_(x0, 1.0 - r)  # r x + (1 - r) D in one pass
     return x.mul_(g.alpha[-1])

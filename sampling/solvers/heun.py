@@ -62,17 +62,19 @@ def sample_heun(model, x, ts, noise, rng=None, final_euler: bool = True, final_s
     _check(final_step, S_churn)
     g, steps = _plan(noise, ts, final_step == "edm" or not final_euler, S_churn, S_tmin, S_tmax, S_noise)
     x = x / g.alpha[0]
-    d, x_e, inp = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    x_e, inp = torch.empty_like(x), torch.empty_like(x)
     for std, a_hat, t_hat, s_hat, h, a_next, t_next, s_next, correct in steps:
         churn_(x, std, rng)
         x0 = model(scaled(x, a_hat, inp), t_hat)
-        torch.sub(x, x0, out=d).div_(s_hat)
-        if not correct:  # Euler
-            x.add_(d, alpha=h)
+        # the Euler point x + h d = x + (h / s_hat) (x - D): a lerp towards D by -h / s_hat in (0, 1]
+        if not correct:
+            x.lerp_(x0, -h / s_hat)
             continue
-        torch.add(x, d, alpha=h, out=x_e)
+        torch.lerp(x, x0, -h / s_hat, out=x_e)
+        # x' = x + h/2 (d + d') with d = (x - D) / s_hat and s' d' = x_e - D': the d part first, while D is fresh
+        x.mul_(1.0 + h / (2 * s_hat)).add_(x0, alpha=-h / (2 * s_hat))
         x0 = model(scaled(x_e, a_next, inp), t_next)
-        x.add_(d, alpha=h / 2).add_(x_e.sub_(x0), alpha=h / (2 * s_next))  # x_e - D' = s' d'
+        x.add_(x_e.sub_(x0), alpha=h / (2 * s_next))
     if final_step == "edm":
         # Euler from sigma_min to 0: x + (0 - s) (x - D) / s = D, the x0 prediction at sigma_min
         return model(g.alpha[-1] * x, g.t[-1])

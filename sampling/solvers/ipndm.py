@@ -22,9 +22,10 @@ def _describe(steps, order=4, **_):
 
 @per_run
 def _plan(noise, ts, order):
-    """Per step (t, alpha, s, (s' - s) * b_j)."""
+    """Per step (t, alpha, (s' - s) * b_j / s_{k-j}): the history holds x_e - D = s eps, so 1/s is in the weights."""
     g = grid_coeffs(noise, ts)
-    return g, [(g.t[i], g.alpha[i], g.s[i], ab_weights(min(order, i + 1), g.s[i + 1] - g.s[i]))
+    return g, [(g.t[i], g.alpha[i], tuple(w / g.s[i - j] for j, w in
+                                          enumerate(ab_weights(min(order, i + 1), g.s[i + 1] - g.s[i]))))
                for i in range(len(ts) - 1)]
 
 
@@ -34,9 +35,9 @@ def sample_ipndm(model, x, ts, noise, rng=None, order: int = 4):
     g, steps = _plan(noise, ts, order)
     x = x / g.alpha[0]
     inp = torch.empty_like(x)
-    history = History(order)  # eps = (x_e - D) / s, newest first
-    for t, a, s, weights in steps:
+    history = History(order)  # s eps = x_e - D, newest first
+    for t, a, weights in steps:
         x0 = model(scaled(x, a, inp), t)
-        history.push(torch.sub(x, x0, out=history.buffer(x)).div_(s))
+        history.push(torch.sub(x, x0, out=history.buffer(x)))
         add_combination_(x, weights, history.items)
     return x.mul_(g.alpha[-1])
