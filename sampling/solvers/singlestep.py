@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from common.registry import check_choice
 from .expint import check_form, lagrange_weights, step_between
@@ -108,17 +107,34 @@ def run_blocks(model, x, blocks, pred):
 
 
 @per_run
-def sigma_eps_blocks(noise, ts, order: int, outer_grid: str) -> list[Block]:
-    """The eps-form blocks with 1/sigma moved into the weights: their predictions are x - alpha x0 = sigma eps,
-    one pass instead of two."""
-    return [Block(b.points, [(keep, [w / p.sigma for w, p in zip(ws, b.points)]) for keep, ws in b.stages])
-            for b in plan_blocks(noise, ts, "eps", order, outer_grid)]
+def eps_blocks_on_data(noise, ts, order: int, outer_grid: str) -> list[Block]:
+    """The eps-form blocks rewritten on the stage inputs x_i and data predictions D_i (eps_i = (x_i - alpha_i D_i)
+    / sigma_i): each stage is (keep, weights on x_1, ..., x_j, D_0, ..., D_j), x_0 being the block start that
+    ``keep`` multiplies, so no eps is ever formed."""
+    out = []
+    for b in plan_blocks(noise, ts, "eps", order, outer_grid):
+        stages = []
+        for keep, ws in b.stages:
+            on_x = [w / p.sigma for w, p in zip(ws, b.points)]
+            stages.append((keep + on_x[0], on_x[1:] + [-w * p.alpha for w, p in zip(on_x, b.points)]))
+        out.append(Block(b.points, stages))
+    return out
+
+
+def run_eps_blocks(model, x, blocks):
+    """run_blocks for eps_blocks_on_data: stage j = keep x_0 + weights . (x_1, ..., x_j, D_0, ..., D_j)."""
+    for blk in blocks:
+        xs, inputs, preds = x, [], []
+        for pt, (keep, w) in zip(blk.points, blk.stages):
+            preds.append(model(x, pt.t))
+            x = combine(keep, xs, w, inputs + preds)
+            inputs.append(x)
+    return x
 
 
 def sample(form, model, x, ts, noise, order, outer_grid):
     if check_form(form) == "eps":
-        blocks = sigma_eps_blocks(noise, ts, int(order), outer_grid)
-        return run_blocks(model, x, blocks, lambda m, y, p: torch.sub(y, m(y, p.t), alpha=p.alpha))
+        return run_eps_blocks(model, x, eps_blocks_on_data(noise, ts, int(order), outer_grid))
     return run_blocks(model, x, plan_blocks(noise, ts, form, int(order), outer_grid), lambda m, y, p: m(y, p.t))
 
 
