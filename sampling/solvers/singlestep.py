@@ -95,15 +95,23 @@ def plan_blocks(noise, ts, form: str, order: int, outer_grid: str) -> list[Block
     return blocks
 
 
-def run_blocks(model, x, blocks, pred):
+def run_stages(model, x, blocks, pred, on_inputs: bool = False):
     """pred(model, x, point) -> the prediction in the blocks' form. Each stage starts from the block's start xs:
-    x = keep xs + sum_i w_i m_i over the predictions m_i of the block so far."""
+    x = keep xs + sum_i w_i m_i over the predictions m_i of the block so far, or with ``on_inputs`` over the
+    block's later stage inputs x_1, ..., x_j, then its predictions (eps_blocks_on_data)."""
     for blk in blocks:
-        xs, preds = x, []
+        xs, inputs, preds = x, [], []
         for pt, (keep, w) in zip(blk.points, blk.stages):
             preds.append(pred(model, x, pt))
-            x = combine(keep, xs, w, preds)
+            x = combine(keep, xs, w, inputs + preds)
+            if on_inputs:
+                inputs.append(x)
     return x
+
+
+def run_blocks(model, x, blocks, pred):
+    """run_stages on the predictions alone."""
+    return run_stages(model, x, blocks, pred)
 
 
 @per_run
@@ -121,21 +129,14 @@ def eps_blocks_on_data(noise, ts, order: int, outer_grid: str) -> list[Block]:
     return out
 
 
-def run_eps_blocks(model, x, blocks):
-    """run_blocks for eps_blocks_on_data: stage j = keep x_0 + weights . (x_1, ..., x_j, D_0, ..., D_j)."""
-    for blk in blocks:
-        xs, inputs, preds = x, [], []
-        for pt, (keep, w) in zip(blk.points, blk.stages):
-            preds.append(model(x, pt.t))
-            x = combine(keep, xs, w, inputs + preds)
-            inputs.append(x)
-    return x
+def _x0(model, x, point):
+    return model(x, point.t)
 
 
 def sample(form, model, x, ts, noise, order, outer_grid):
     if check_form(form) == "eps":
-        return run_eps_blocks(model, x, eps_blocks_on_data(noise, ts, int(order), outer_grid))
-    return run_blocks(model, x, plan_blocks(noise, ts, form, int(order), outer_grid), lambda m, y, p: m(y, p.t))
+        return run_stages(model, x, eps_blocks_on_data(noise, ts, int(order), outer_grid), _x0, on_inputs=True)
+    return run_stages(model, x, plan_blocks(noise, ts, form, int(order), outer_grid), _x0)
 
 
 def describe(steps, order, outer_grid):
