@@ -199,9 +199,12 @@ def body(shapes: dict, check: list[dict]) -> list[str]:
              "coefficients inside the timed call. Medians of per-round ratios.", "",
              "Stochastic methods: both sides draw Gaussian noise of the batch's shape with torch's generator, "
              "diffusers one batched `torch.randn` per draw, nfebench one stream per sample (batch-invariant "
-             "samples; see noise.md), and at 64x3x32x32 one draw costs about 9x a floor step, so the draws, not "
-             "the solvers, set these ratios. `draws` counts each side's draws per batch (counted in an untimed run, "
-             "not assumed). `noise bound` is the ratio nfebench would have if everything but its draws were free "
+             "samples; see noise.md), and one draw costs "
+             + " and ".join(f"{r['randn_ms'] / r['floor_ms_per_nfe']['floor']:.1f}x a floor step at {label}"
+                            for label, r in shapes.items() if "randn_ms" in r)
+             + ", so the draws, not the solvers, set these ratios. `draws` counts each side's draws per batch "
+             "(counted in an untimed run, not assumed). `noise bound` is the ratio nfebench would have if "
+             "everything but its draws were free "
              "(its draws at one batched randn each): the lowest any implementation that draws this noise can "
              "reach, so a bound above the 0.5x goal means the goal cannot be met with noise included. "
              "`/ diffusers w/o noise` takes one batched randn per counted draw out of each side, per round "
@@ -210,7 +213,8 @@ def body(shapes: dict, check: list[dict]) -> list[str]:
     for label, res in shapes.items():
         fl = res["floor_ms_per_nfe"]
         lines += [f"### {label} float32 ({res['rounds']} rounds)", "",
-                  f"Floor: {fl['floor']:.3f} ms per NFE; floor + one batched randn per step: {fl['floor+randn']:.3f} ms "
+                  f"Floor: {fl['floor']:.3f} ms per NFE; floor + one batched randn per step: "
+                  f"{fl['floor+randn']:.3f} ms "
                   f"(one batched randn: {res.get('randn_ms', float('nan')):.3f} ms).",
                   "", "| solver | NFE | stochastic | ms / NFE | / floor | diffusers ms / NFE (NFE) | "
                   "set_timesteps ms | / diffusers | / with set_timesteps | draws (diffusers) | noise bound | "
