@@ -15,7 +15,8 @@ from common.registry import check_choice
 
 
 def _x0_from_eps(out, x, a, s):
-    return (x - s * out) / a
+    # (x - s out) / a in two passes over one new buffer (a multiply: a division costs twice as much)
+    return torch.sub(x, out, alpha=s).mul_(1.0 / a)
 
 
 def _x0_from_v(out, x, a, s):
@@ -46,8 +47,23 @@ class Denoiser:
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, t: float, cond=None) -> torch.Tensor:
-        a, s = float(self.noise.alpha(t)), float(self.noise.sigma(t))
+        if self.prediction == "x0":  # nothing to convert: skip the host-side schedule look-ups
+            return self.predict(x, t, cond)
+        a, s = self._alpha_sigma(t)
         return TO_X0[self.prediction](self.predict(x, t, cond), x, a, s)
+
+    def _alpha_sigma(self, t):
+        """alpha(t), sigma(t) as floats, remembered per time: a run asks for the same few times every batch,
+        and a schedule look-up costs as much as a small tensor pass."""
+        if not isinstance(t, float):
+            return float(self.noise.alpha(t)), float(self.noise.sigma(t))
+        cache = self.__dict__.get("_alpha_sigma_cache")
+        if cache is None or cache[0] is not self.noise or len(cache[1]) > 4096:
+            cache = self.__dict__["_alpha_sigma_cache"] = (self.noise, {})
+        found = cache[1].get(t)
+        if found is None:
+            found = cache[1][t] = (float(self.noise.alpha(t)), float(self.noise.sigma(t)))
+        return found
 
     def describe(self) -> dict:
         return {"class": type(self).__name__, "prediction": self.prediction, "shape": list(self.shape),

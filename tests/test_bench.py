@@ -12,10 +12,11 @@ import torch
 from common.paths import REPO
 from launch.bench.loop import loop_share
 from launch.bench.report import Goal, goal_table, interleaved, median_ratio, round_ratios
-from launch.bench.diffusers_loops import DIFFUSERS, diffusers_nfe, make_scheduler
+from launch.bench.diffusers_loops import DIFFUSERS, diffusers_draws, diffusers_nfe, make_scheduler
 from launch.bench.outputs import REFERENCE, compare_outputs, current_outputs, load_reference
-from launch.bench.planning import NFE, Case, NearFree, compose, is_stochastic, noise_schedule, run_solver, solver_names
-from launch.bench.solvers import floor, floor_coefficients
+from launch.bench.planning import NFE, Case, NearFree, compose, draws_per_batch, is_stochastic, noise_schedule, \
+    run_solver, solver_names
+from launch.bench.solvers import floor, floor_coefficients, without_noise
 
 
 def test_ratios_are_per_round_then_median_and_scale_by_nfe():
@@ -132,3 +133,25 @@ def test_bad_part_is_one_error_line():
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "nfebench: error: unknown bench part 'solver'; valid: solvers, noise, loop, metrics, sweep"]
+
+
+def test_gaussian_draws_are_counted_per_side():
+    # what the stochastic comparison with diffusers takes out of each side: counted in a run, not assumed
+    noise = noise_schedule()
+    model = NearFree(noise, (2, 4, 4))
+    names = ("ddpm", "dpmpp_sde", "ddim")
+    cases = {n: Case.plan(n, compose([f"solver={n}", "model=digits_unet", f"nfe={NFE}"]), noise, NFE) for n in names}
+    assert {n: draws_per_batch(c, model) for n, c in cases.items()} == {"ddpm": NFE, "dpmpp_sde": NFE, "ddim": 0}
+    x, randn = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(0)), torch.randn
+    # DDPMScheduler draws nothing at its last timestep (0); nfebench's ddpm ends at t_end > 0 and draws there
+    assert {n: diffusers_draws(make_scheduler(DIFFUSERS[n]), DIFFUSERS[n], x) for n in names} == \
+        {"ddpm": NFE - 1, "dpmpp_sde": NFE, "ddim": 0}
+    assert torch.randn is randn  # the count's patch is undone
+
+
+def test_without_noise_takes_one_randn_per_counted_draw_from_each_side():
+    row = {"nfe": 10, "diffusers_nfe": 10, "draws": 10, "diffusers_draws": 9}
+    without_noise(row, [12.0, 14.0, 13.0], [19.0, 19.0, 19.0], [1.0, 1.0, 1.0])
+    # per round (12-10)/(19-9), (14-10)/(19-9), (13-10)/(19-9): median 0.3; all but the draws free: 10/19
+    assert row["vs_diffusers_without_noise"] == pytest.approx(0.3)
+    assert row["noise_bound"] == pytest.approx(10 / 19)

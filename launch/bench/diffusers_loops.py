@@ -61,3 +61,24 @@ def diffusers_loop(sched, match: DiffusersMatch, x, gen):
 def diffusers_nfe(sched, match: DiffusersMatch) -> int:
     sched.set_timesteps(match.steps)
     return len(sched.timesteps)
+
+
+def diffusers_draws(sched, match: DiffusersMatch, x) -> int:
+    """How many batch-sized Gaussian draws one diffusers loop makes: torch.randn (what diffusers'
+    randn_tensor calls) counted while the loop runs once, untimed."""
+    import torch
+
+    real, count = torch.randn, [0]
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        count[0] += out.numel() == x.numel()
+        return out
+
+    torch.randn = counting
+    try:
+        sched.set_timesteps(match.steps)
+        diffusers_loop(sched, match, x.clone(), torch.Generator().manual_seed(0))
+    finally:
+        torch.randn = real
+    return count[0]

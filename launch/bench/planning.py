@@ -91,3 +91,25 @@ def is_stochastic(case: Case, model) -> bool:
     a, b = (run_solver(case, model, x.clone(), SampleNoise(seed, range(2), model.shape, dtype=x.dtype))[0]
             for seed in (0, 1))
     return not torch.equal(a, b)
+
+
+class CountingNoise:
+    """A SampleNoise that counts its full-batch Gaussian draws (for an untimed probe)."""
+
+    def __init__(self, inner):
+        self.inner, self.draws = inner, 0
+
+    def draw(self):
+        self.draws += 1
+        return self.inner.draw()
+
+    def like(self, x):
+        self.draws += 1
+        return self.inner.like(x)
+
+
+def draws_per_batch(case: Case, model) -> int:
+    """How many batch-sized Gaussian draws one batch of this config makes."""
+    rng = CountingNoise(SampleNoise(0, range(2), model.shape))
+    run_solver(case, model, torch.randn(2, *model.shape, dtype=torch.float64), rng)
+    return rng.draws

@@ -37,5 +37,11 @@ def churn_(x, std, rng):
     return x.add_(rng.like(x), alpha=std) if std > 0 else x
 
 
+def churn_vp_(x, scale, std, rng):
+    """churn_ for x in the schedule's own coordinates (x = alpha x_edm): x <- scale x + std xi, with
+    scale = alpha_hat / alpha_i and std the added noise's std times alpha_hat."""
+    return x.mul_(scale).add_(rng.like(x), alpha=std) if std > 0 else x
+
+
 def churn_describe(steps, S_churn=0.0, **_):
     return {"churn": float(S_churn) > 0, "gamma_max": min(float(S_churn) / steps, math.sqrt(2.0) - 1.0)}

@@ -2,7 +2,8 @@
 
 In EDM coordinates (x / alpha, s = sigma / alpha), a step from s_hat to s' takes the slope
 d = (x - D(x; s_hat)) / s_hat, the Euler point x_e = x + (s' - s_hat) d and its slope d', then
-x' = x + (s' - s_hat) (d + d') / 2.
+x' = x + (s' - s_hat) (d + d') / 2. The loop keeps x in the schedule's own coordinates (alpha times
+that), with the alphas in the per-step weights, so that the model reads x and x_e as they are.
 
 ``final_euler`` (default true) leaves the correction out of the last grid step, so N steps cost
 2N - 1 evaluations; false corrects every step (2N).
@@ -20,8 +21,8 @@ import torch
 
 from common.registry import check_choice
 from ..registry import register_solver
-from .churn import churn_, churn_describe, churn_plan
-from .grid import grid_coeffs, per_run, scaled
+from .churn import churn_describe, churn_plan, churn_vp_
+from .grid import grid_coeffs, per_run
 
 FINAL_STEPS = (None, "edm")
 
@@ -49,11 +50,18 @@ def _cost(steps, final_euler=True, final_step=None, **_):
 
 @per_run
 def _plan(noise, ts, correct_last, S_churn, S_tmin, S_tmax, S_noise):
+    """Per step, in the schedule's coordinates x = alpha x_edm: the churn (scale, noise std), t_hat, the
+    Euler point c_x x + c_0 D, the d part of the update p x + q D, and the d' part r (x_e - alpha' D')."""
     g = grid_coeffs(noise, ts)
     t_hat, a_hat, s_hat, std = churn_plan(noise, g, S_churn, S_tmin, S_tmax, S_noise)
-    n = len(ts) - 1
-    return g, [(std[i], a_hat[i], t_hat[i], s_hat[i], g.s[i + 1] - s_hat[i], g.alpha[i + 1], g.t[i + 1], g.s[i + 1],
-                i < n - 1 or correct_last) for i in range(n)]
+    n, out = len(ts) - 1, []
+    for i in range(n):
+        h, a1 = g.s[i + 1] - s_hat[i], g.alpha[i + 1]
+        w = -h / s_hat[i]  # x_edm + h d = (1 - w) x_edm + w D
+        out.append((a_hat[i] / g.alpha[i], a_hat[i] * std[i], t_hat[i], a1 * (1 - w) / a_hat[i], a1 * w,
+                    a1 * (1 + h / (2 * s_hat[i])) / a_hat[i], -a1 * h / (2 * s_hat[i]), h / (2 * g.s[i + 1]), a1,
+                    g.t[i + 1], i < n - 1 or correct_last))
+    return g, out
 
 
 @register_solver("heun", steps=_steps, cost=_cost, describe=churn_describe, stochastic=True)
@@ -61,19 +69,21 @@ def sample_heun(model, x, ts, noise, rng=None, final_euler: bool = True, final_s
                 S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float | None = None, S_noise: float = 1.0):
     _check(final_step, S_churn)
     g, steps = _plan(noise, ts, final_step == "edm" or not final_euler, S_churn, S_tmin, S_tmax, S_noise)
-    x = x / g.alpha[0]
-    d, x_e, inp = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
-    for std, a_hat, t_hat, s_hat, h, a_next, t_next, s_next, correct in steps:
-        churn_(x, std, rng)
-        x0 = model(scaled(x, a_hat, inp), t_hat)
-        torch.sub(x, x0, out=d).div_(s_hat)
+    x = x.clone()  # the caller's x is never written
+    x_e = torch.empty_like(x)
+    for churn, std, t_hat, c_x, c_0, p, q, r, a_next, t_next, correct in steps:
+        churn_vp_(x, churn, std, rng)
+        x0 = model(x, t_hat)
         if not correct:  # Euler
-            x.add_(d, alpha=h)
+            x.mul_(c_x).add_(x0, alpha=c_0)
             continue
-        torch.add(x, d, alpha=h, out=x_e)
-        x0 = model(scaled(x_e, a_next, inp), t_next)
-        x.add_(d, alpha=h / 2).add_(x_e.sub_(x0), alpha=h / (2 * s_next))  # x_e - D' = s' d'
+        torch.mul(x, c_x, out=x_e).add_(x0, alpha=c_0)
+        # x' = x + h/2 (d + d') with d = (x - D) / s_hat and s' d' = x_e - D' (EDM coordinates): the d part
+        # first, while D is fresh
+        x.mul_(p).add_(x0, alpha=q)
+        x0 = model(x_e, t_next)
+        x.add_(x_e.sub_(x0, alpha=a_next), alpha=r)
     if final_step == "edm":
         # Euler from sigma_min to 0: x + (0 - s) (x - D) / s = D, the x0 prediction at sigma_min
-        return model(g.alpha[-1] * x, g.t[-1])
-    return x.mul_(g.alpha[-1])
+        return model(x, g.t[-1])
+    return x

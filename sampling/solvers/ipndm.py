@@ -13,7 +13,7 @@ import torch
 from common.registry import check_choice
 from ..registry import register_solver
 from .adams import History, ab_weights, add_combination_
-from .grid import grid_coeffs, per_run, scaled
+from .grid import grid_coeffs, per_run
 
 
 def _describe(steps, order=4, **_):
@@ -22,21 +22,23 @@ def _describe(steps, order=4, **_):
 
 @per_run
 def _plan(noise, ts, order):
-    """Per step (t, alpha, s, (s' - s) * b_j)."""
+    """Per step (t, alpha, alpha'/alpha, alpha' (s' - s) b_j / sigma_{k-j}): x stays in the schedule's
+    coordinates (alpha x_e) and the history holds x - alpha D = sigma eps, so the alphas and 1/sigma are in
+    the weights."""
     g = grid_coeffs(noise, ts)
-    return g, [(g.t[i], g.alpha[i], g.s[i], ab_weights(min(order, i + 1), g.s[i + 1] - g.s[i]))
-               for i in range(len(ts) - 1)]
+    return [(g.t[i], g.alpha[i], g.alpha[i + 1] / g.alpha[i],
+             tuple(g.alpha[i + 1] * w / g.sigma[i - j]
+                   for j, w in enumerate(ab_weights(min(order, i + 1), g.s[i + 1] - g.s[i]))))
+            for i in range(len(ts) - 1)]
 
 
 @register_solver("ipndm", describe=_describe)
 def sample_ipndm(model, x, ts, noise, rng=None, order: int = 4):
     order = check_choice("ipndm order", int(order), (1, 2, 3, 4))
-    g, steps = _plan(noise, ts, order)
-    x = x / g.alpha[0]
-    inp = torch.empty_like(x)
-    history = History(order)  # eps = (x_e - D) / s, newest first
-    for t, a, s, weights in steps:
-        x0 = model(scaled(x, a, inp), t)
-        history.push(torch.sub(x, x0, out=history.buffer(x)).div_(s))
-        add_combination_(x, weights, history.items)
-    return x.mul_(g.alpha[-1])
+    x = x.clone()  # the caller's x is never written
+    history = History(order)  # sigma eps = x - alpha D, newest first
+    for t, a, keep, weights in _plan(noise, ts, order):
+        x0 = model(x, t)
+        history.push(torch.sub(x, x0, alpha=a, out=history.buffer(x)))
+        add_combination_(x.mul_(keep), weights, history.items)  # x_e' = x_e + (s' - s) sum_j b_j eps_{k-j}
+    return x

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from .expint import predict
+import torch
+
+from .expint import check_form
 from .grid import grid_coeffs, per_run
 from .orders import multistep_orders
 
@@ -28,10 +30,20 @@ def combine(keep: float, x, weights, preds):
 
 
 def run(form: str, model, x, g, steps):
-    """steps[k] = (keep, weights on m_k, m_{k-1}, ...) for k -> k+1; m is the prediction in ``form``."""
-    history = deque(maxlen=max((len(w) for _, w in steps), default=1))  # newest first
+    """steps[k] = (keep, weights on m_k, m_{k-1}, ...) for k -> k+1; m is the prediction in ``form``.
+
+    In the eps form the history holds x - alpha x0 = sigma eps (one pass, buffers recycled) and 1/sigma
+    moves into the weights."""
+    size = max((len(w) for _, w in steps), default=1)
+    history = deque(maxlen=size)  # newest first
+    eps = check_form(form) == "eps"
+    if eps:
+        steps = [(keep, tuple(wj / g.sigma[k - j] for j, wj in enumerate(w))) for k, (keep, w) in enumerate(steps)]
     for k, (keep, w) in enumerate(steps):
-        history.appendleft(predict(form, model, x, g.t[k], g.alpha[k], g.sigma[k]))
+        m = model(x, g.t[k])
+        if eps:
+            m = torch.sub(x, m, alpha=g.alpha[k], out=history[-1] if len(history) == size else None)
+        history.appendleft(m)
         x = combine(keep, x, w, history)  # x_{k+1} = keep x_k + sum_j w_j m_{k-j}
     return x
 

@@ -70,7 +70,7 @@ def transfer_coeffs(noise, t, t_next):
 def eps_at(model, y, t, a, s):
     """The noise estimate (y - a D(y)) / s, written over y (a stage input nothing else reads)."""
     x0 = model(y, t)
-    return y.sub_(x0, alpha=a).div_(s)
+    return y.sub_(x0, alpha=a).mul_(1.0 / s)  # a multiply: a division costs twice as much
 
 
 def phi(x, e, c):
@@ -120,7 +120,8 @@ def _midpoints(noise, g, rule):
 
 class _Plan:
     """Host-side: the transfer of every step, the RK4 midpoints, and per step the weights (times c_e)
-    of the estimates its combined e is made of."""
+    of the estimates its combined e is made of; linear multistep weights also carry the 1/sigma of the
+    history's sigma eps."""
 
     def __init__(self, noise, ts, method, midpoint):
         kind, warm, order = _method(method)
@@ -130,7 +131,8 @@ class _Plan:
         self.mid = _midpoints(noise, g, midpoint) if kind == "rk4" else None
         self.warmup = [WARMUPS[kind] if i < warm else None for i in range(steps)]
         self.weights = [tuple(self.phi[i][1] * w for w in WARMUP_WEIGHTS[kind]) if i < warm else
-                        ab_weights(min(order, i + 1), self.phi[i][1]) for i in range(steps)]
+                        tuple(w / g.sigma[i - j] for j, w in enumerate(ab_weights(min(order, i + 1), self.phi[i][1])))
+                        for i in range(steps)]
 
 
 _plan = per_run(_Plan)
@@ -140,12 +142,13 @@ _plan = per_run(_Plan)
 def sample_pndm(model, x, ts, noise, rng=None, method: str = "plms", midpoint: str = "sigma", zero_step: bool = False):
     plan = _plan(noise, ts, method, midpoint)
     g = plan.g
-    history = History(4)  # noise estimates at the grid points, newest first
+    history = History(4)  # sigma * eps at the grid points, newest first
     buf = torch.empty_like(x)  # the caller's x is never written
     for i, (warmup, weights) in enumerate(zip(plan.warmup, plan.weights)):
         x0 = model(x, g.t[i])
-        e = history.push(torch.sub(x, x0, alpha=g.alpha[i], out=history.buffer(x)).div_(g.sigma[i]))
-        estimates = warmup(model, x, e, i, g, plan) if warmup else history.items  # linear multistep otherwise
+        e = history.push(torch.sub(x, x0, alpha=g.alpha[i], out=history.buffer(x)))  # sigma_i eps_i
+        # linear multistep: 1/sigma is in the weights; the warm-up's stages take eps itself
+        estimates = warmup(model, x, e.mul(1.0 / g.sigma[i]), i, g, plan) if warmup else history.items
         x = add_combination_(torch.mul(x, plan.phi[i][0], out=buf), weights, estimates)
     if zero_step:
         model(x, g.t[-1])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.registry import check_choice
-from .expint import lagrange_weights, predict, step_between
+from .expint import check_form, lagrange_weights, step_between
 from .grid import grid_coeffs, per_run
 from .multistep import combine
 
@@ -95,20 +95,48 @@ def plan_blocks(noise, ts, form: str, order: int, outer_grid: str) -> list[Block
     return blocks
 
 
-def run_blocks(model, x, blocks, pred):
+def run_stages(model, x, blocks, pred, on_inputs: bool = False):
     """pred(model, x, point) -> the prediction in the blocks' form. Each stage starts from the block's start xs:
-    x = keep xs + sum_i w_i m_i over the predictions m_i of the block so far."""
+    x = keep xs + sum_i w_i m_i over the predictions m_i of the block so far, or with ``on_inputs`` over the
+    block's later stage inputs x_1, ..., x_j, then its predictions (eps_blocks_on_data)."""
     for blk in blocks:
-        xs, preds = x, []
+        xs, inputs, preds = x, [], []
         for pt, (keep, w) in zip(blk.points, blk.stages):
             preds.append(pred(model, x, pt))
-            x = combine(keep, xs, w, preds)
+            x = combine(keep, xs, w, inputs + preds)
+            if on_inputs:
+                inputs.append(x)
     return x
 
 
+def run_blocks(model, x, blocks, pred):
+    """run_stages on the predictions alone."""
+    return run_stages(model, x, blocks, pred)
+
+
+@per_run
+def eps_blocks_on_data(noise, ts, order: int, outer_grid: str) -> list[Block]:
+    """The eps-form blocks rewritten on the stage inputs x_i and data predictions D_i (eps_i = (x_i - alpha_i D_i)
+    / sigma_i): each stage is (keep, weights on x_1, ..., x_j, D_0, ..., D_j), x_0 being the block start that
+    ``keep`` multiplies, so no eps is ever formed."""
+    out = []
+    for b in plan_blocks(noise, ts, "eps", order, outer_grid):
+        stages = []
+        for keep, ws in b.stages:
+            on_x = [w / p.sigma for w, p in zip(ws, b.points)]
+            stages.append((keep + on_x[0], on_x[1:] + [-w * p.alpha for w, p in zip(on_x, b.points)]))
+        out.append(Block(b.points, stages))
+    return out
+
+
+def _x0(model, x, point):
+    return model(x, point.t)
+
+
 def sample(form, model, x, ts, noise, order, outer_grid):
-    blocks = plan_blocks(noise, ts, form, int(order), outer_grid)
-    return run_blocks(model, x, blocks, lambda m, y, p: predict(form, m, y, p.t, p.alpha, p.sigma))
+    if check_form(form) == "eps":
+        return run_stages(model, x, eps_blocks_on_data(noise, ts, int(order), outer_grid), _x0, on_inputs=True)
+    return run_stages(model, x, plan_blocks(noise, ts, form, int(order), outer_grid), _x0)
 
 
 def describe(steps, order, outer_grid):

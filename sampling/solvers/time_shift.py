@@ -14,7 +14,7 @@ iPNDM's Adams-Bashforth combination (``adams``) in EDM sigma.
 
 Batching and NFE: the choice is per sample (so samples never depend on the batch), but the model
 takes one time per call. The sampler therefore evaluates the whole batch at every candidate time
-and keeps, per sample, the result for its chosen candidate (torch.where): no host sync, identical
+and keeps, per sample, the result for its chosen candidate (a gather by index): no host sync, identical
 work for every batch, and the counter sees what is really spent, 1 + (steps - 1) * (2*window + 1)
 calls (fewer when cutoff > 0 stops the shifting early; ``cost`` is then an upper bound). The
 paper counts one evaluation per step (NFE per sample = steps, what a batch of one with
@@ -45,7 +45,9 @@ def candidate_times(g, i, window, width, t_end):
 
 def choose(x, expected):
     """Per-sample index of the candidate whose marginal variance (``expected``, on device) best matches var(x)."""
-    v = x.flatten(1).var(dim=1, unbiased=True)
+    flat = x.flatten(1)
+    # the unbiased variance in two passes (mean, then centred squares): torch's var over a dim costs 20x more on CPU
+    v = (flat - flat.mean(dim=1, keepdim=True)).square_().sum(dim=1) / (flat.shape[1] - 1)
     return (v[:, None] - expected[None, :]).abs().argmin(dim=1)
 
 
@@ -120,21 +122,24 @@ def sample_time_shift(model, x, ts, noise, rng=None, base: str = "ddim", window:
     variances = iter(torch.as_tensor([v for _, v in plan if len(v) > 1] or [[0.0]], dtype=x.dtype, device=x.device))
     history = History(order)  # per-sample multistep state (ipndm), full batch, newest first
     xs = torch.empty_like(x), torch.empty_like(x)  # x alternates between them; the caller's x is never written
-    y = e = None  # a further candidate's step, before it is picked per sample
+    ys = es = rows = None  # every candidate's step, then the chosen one per sample (gathered by row)
     for cands, _ in plan:
         out = xs[0] if x is not xs[0] else xs[1]
         e_out = history.buffer(x) if multistep else None
-        step(out, e_out, model, x, cands[0], history)
-        if len(cands) > 1:
+        if len(cands) == 1:
+            step(out, e_out, model, x, cands[0], history)
+        else:
             idx = choose(x, next(variances))
-            if y is None:
-                y, e = torch.empty_like(x), torch.empty_like(x) if multistep else None
-            for k, cand in enumerate(cands[1:], start=1):
-                step(y, e, model, x, cand, history)
-                pick = (idx == k).reshape(-1, *([1] * (x.dim() - 1)))
-                torch.where(pick, y, out, out=out)
-                if multistep:
-                    torch.where(pick, e, e_out, out=e_out)
+            if ys is None:
+                ys = x.new_empty((len(cands), *x.shape))
+                es = torch.empty_like(ys) if multistep else None
+                rows = torch.arange(len(x), device=x.device)
+            for k, cand in enumerate(cands):
+                step(ys[k], es[k] if multistep else None, model, x, cand, history)
+            pick = idx * len(x) + rows  # row of sample i's chosen candidate among all candidates' rows
+            torch.index_select(ys.flatten(0, 1), 0, pick, out=out)
+            if multistep:
+                torch.index_select(es.flatten(0, 1), 0, pick, out=e_out)
         if multistep:
             history.push(e_out)
         x = out

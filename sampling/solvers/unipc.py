@@ -63,6 +63,24 @@ def plan(noise, ts, order: int, variant: str, lower_order_final):
             [_coeffs(g, k, o, variant, True) for k, o in orders])
 
 
+@per_run
+def fused_plan(noise, ts, order: int, variant: str, lower_order_final, corrector: bool):
+    """The predictor of step k applied to the uncorrected x~_k, with step k-1's correction folded in.
+
+    x_k = x~_k + (C_{k-1} - P_{k-1}) . m (the corrector minus the predictor of step k-1, both from x_{k-1}),
+    so x~_{k+1} = keep_k x~_k + (keep_k (C_{k-1} - P_{k-1}) + P_k) . (m_k, ..., m_{k-3}): one linear
+    combination per step, and the corrected x_k is never materialised."""
+    t, keep, pred, corr = plan(noise, ts, order, variant, lower_order_final)
+    steps = []
+    for k in range(len(keep)):
+        w = [*pred[k], 0.0]
+        if k > 0 and corrector:
+            delta = [corr[k - 1][0]] + [c - p for c, p in zip(corr[k - 1][1:], pred[k - 1])]
+            w = [keep[k] * d + p for d, p in zip(delta, w)]
+        steps.append((keep[k], tuple(w)))
+    return t, steps
+
+
 def _describe(steps, order=3, variant="bh1", lower_order_final="always", corrector=True, **_):
     corrector_steps = max(steps - 1, 0) if corrector else 0
     return {**describe_multistep(steps, order, lower_order_final), "corrector_steps": corrector_steps}
@@ -71,14 +89,11 @@ def _describe(steps, order=3, variant="bh1", lower_order_final="always", correct
 @register_solver("unipc", describe=_describe)
 def sample_unipc(model, x, ts, noise, rng=None, order: int = 3, variant="bh1", lower_order_final="always",
                  corrector: bool = True):
-    t, keep, pred, corr = plan(noise, ts, int(order), check_choice("unipc variant", variant, B_FUNCTIONS),
-                               lower_order_final)
-    history, x_prev = deque(maxlen=3), x  # predictions newest first; x_prev is the (corrected) x_k
-    for k in range(len(keep)):
-        m = model(x, t[k])
-        if k > 0 and corrector:
-            x = combine(keep[k - 1], x_prev, corr[k - 1], [m, *history])  # UniC: step k-1 again, with m_k
-        history.appendleft(m)
-        x_prev = x
-        x = combine(keep[k], x, pred[k], history)  # UniP: x~_{k+1} = keep_k x_k + sum_j w_j m_{k-j}
+    t, steps = fused_plan(noise, ts, int(order), check_choice("unipc variant", variant, B_FUNCTIONS),
+                          lower_order_final, bool(corrector))
+    history = deque(maxlen=4)  # predictions, newest first
+    for k, (keep, w) in enumerate(steps):
+        history.appendleft(model(x, t[k]))
+        # x~_{k+1} = keep_k x~_k + sum_j w_j m_{k-j}: UniC of step k-1 and UniP of step k in one combination
+        x = combine(keep, x, w, history)
     return x
