@@ -64,7 +64,7 @@ def test_chain_keeps_the_exact_joint_law_on_gaussian():
     level (tr Sigma + d s_k^2) match. Unadjusted Langevin at eta = 0.002 is biased by about eta / (4 v) <= 1% of
     a variance here, well inside the tolerances; an argmax level update or a wrong score sign fails them."""
     model = gaussian()
-    noise, d, n = model.noise, 16, 3000
+    noise, d, n = model.noise, 16, 2000
     s = np.geomspace(1.0, 0.25, 6)
     t = noise.t_of_edm_sigma(s)
     lv = dlg.Levels([float(v) for v in t], [float(v) for v in noise.alpha(t)], s)
