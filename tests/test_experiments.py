@@ -139,8 +139,8 @@ def test_leaderboard_plans_every_solver_and_the_readme_variants_on_three_models(
     # have (dlg's exact noise-level posterior, declared as model_needs): those run on gaussian and digits only
     needy = {name for name in SOLVERS if get_solver(name).model_needs}
     assert needy == {"dlg"}
-    grids = {m: sorted((p["solver"], str(sorted(p["options"].items())), p["nfe"]) for p in v if p["solver"] not in needy)
-             for m, v in by_model.items()}
+    grids = {m: sorted((p["solver"], str(sorted(p["options"].items())), p["nfe"])
+                       for p in v if p["solver"] not in needy) for m, v in by_model.items()}
     assert grids["gaussian"] == grids["digits"] == grids["digits_unet"]
     assert {p["model"] for p in planned if p["solver"] in needy} == {"gaussian", "digits"}
     assert all(p["paper"]["convention"] == "nfe" and p["paper"]["value"] == p["counted"] for p in planned)

@@ -101,7 +101,8 @@ def test_zero_chain_steps_is_the_plain_solver_then_tweedie_bit_for_bit(ode):
 
 def _run(nfe, n=6, **opts):
     cfg = {"nfe": nfe, "num_samples": n, "batch_size": n, "seed": 0, "sample_offset": 0, "t_end": None,
-           "dtype": "float64", "model": {"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"name": "vp_linear"}},
+           "dtype": "float64", "model": {"family": "gaussian", "shape": [1, 4, 4],
+                                         "noise_schedule": {"name": "vp_linear"}},
            "solver": {**compose_cfg("solver=dlg")["solver"], **opts}, "schedule": {"name": "logsnr"}}
     p, out = plan(cfg), []
     stats = sample_batches(cfg, p, build_model(cfg["model"]), torch.device("cpu"), lambda x, x0, idx: out.append(x))

@@ -148,7 +148,8 @@ def _by_level(level: torch.Tensor):
 def posterior_logits(model):
     logits = getattr(model, "noise_level_logits", None)
     if logits is None:
-        raise NfebenchError(f"solver 'dlg' needs a noise-level posterior: model {type(getattr(model, 'model', model)).__name__} "
+        name = type(getattr(model, "model", model)).__name__
+        raise NfebenchError(f"solver 'dlg' needs a noise-level posterior: model {name} "
                             "has no noise_level_logits(x, sigmas) (gaussian and digits have the exact one; a neural "
                             "model needs a trained noise-level classifier attached as that method)")
     return logits
