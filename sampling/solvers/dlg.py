@@ -93,13 +93,13 @@ def _check(burn_in, mcmc_steps, step_size, levels, posterior):
     return burn_in + mcmc_steps + 1  # + the final Tweedie step
 
 
-def _steps(nfe, ode="dpmpp", burn_in=20, mcmc_steps=10, step_size=0.02, levels=16, posterior="argmax",
+def _steps(nfe, ode="dpmpp", burn_in=20, mcmc_steps=10, step_size=0.3, levels=16, posterior="argmax",
            sigma_min=None, sigma_max=None, **extra):
     spec, opts = _ode(ode, extra)
     return spec.steps(max(nfe - _check(burn_in, mcmc_steps, step_size, levels, posterior), 0), **opts)
 
 
-def _cost(steps, ode="dpmpp", burn_in=20, mcmc_steps=10, step_size=0.02, levels=16, posterior="argmax",
+def _cost(steps, ode="dpmpp", burn_in=20, mcmc_steps=10, step_size=0.3, levels=16, posterior="argmax",
           sigma_min=None, sigma_max=None, **extra):
     spec, opts = _ode(ode, extra)
     return _check(burn_in, mcmc_steps, step_size, levels, posterior) + spec.cost(steps, **opts)
@@ -174,7 +174,7 @@ def gibbs_sweep(model, x, level, lv: Levels, step_size: float, posterior: str, r
 @register_solver("dlg", steps=_steps, cost=_cost, describe=_describe, stochastic=True,
                  model_needs=("noise_level_logits",))
 def sample_dlg(model, x, ts, noise, rng, ode="dpmpp", burn_in: int = 20, mcmc_steps: int = 10,
-               step_size: float = 0.02, levels: int = 16, posterior="argmax", sigma_min=None, sigma_max=None, **extra):
+               step_size: float = 0.3, levels: int = 16, posterior="argmax", sigma_min=None, sigma_max=None, **extra):
     _check(burn_in, mcmc_steps, step_size, levels, posterior)
     spec, opts = _ode(ode, extra)
     logits = posterior_logits(model)
