@@ -19,9 +19,10 @@ EVALS_PER_NFE = {"diffusers_dit": 2}
 
 def plan_run(cfg: dict) -> dict:
     """The cost of one run from its resolved config alone (solver registry and grid rules, no model)."""
+    from sampling import teleport
     from sampling.registry import get_solver
 
-    from .run import _check_solver_options, _final_denoise_cost, _positive_int, budget, grid_config
+    from .run import _check_solver_options, _final_denoise_cost, _positive_int, budget, grid_config, plan
 
     nfe = _positive_int(cfg, "nfe")
     samples = _positive_int(cfg, "num_samples")
@@ -31,6 +32,9 @@ def plan_run(cfg: dict) -> dict:
     schedule = grid_config(cfg)
     extra = _final_denoise_cost(cfg)
     steps, counted = budget(cfg, spec, opts)
+    if teleport.enabled(cfg.get("teleport")):  # the teleported start costs nothing: the solver walks fewer steps
+        p = plan(cfg)
+        steps, counted = p.steps, p.cost
     per_nfe = EVALS_PER_NFE.get(cfg["model"].get("family"), 1)
     return {"model": cfg["model"].get("name"), "solver": spec.name, "options": opts, "schedule": schedule.get("name"),
             "nfe": nfe, "counted": counted, "steps": steps, **paper_count(cfg, steps + extra, counted), "samples": samples,

@@ -62,6 +62,15 @@ def solver_label(name: str, options: dict) -> str:
     return f"{name}({','.join(diff)})" if diff else name
 
 
+def teleport_label(rec: dict) -> str:
+    """A teleported run is a row of its own: ' + teleport(...)' with the options that differ from config.yaml's."""
+    tp = rec.get("teleport")
+    if not tp:
+        return ""
+    base = yaml.safe_load((REPO / "configs" / "config.yaml").read_text())["teleport"]
+    return " + teleport(" + ",".join(f"{k}={v}" for k, v in sorted(tp["options"].items()) if base.get(k) != v) + ")"
+
+
 def records_frame(sweep_dir: Path) -> pd.DataFrame:
     recs = read_records(sweep_dir)
     if not recs:
@@ -70,7 +79,7 @@ def records_frame(sweep_dir: Path) -> pd.DataFrame:
     for r in recs:
         for metric, value in r["metrics"].items():
             rows.append({"model": r["model"]["name"], "metric": metric,
-                         "solver": solver_label(r["solver"]["name"], r["solver"]["options"]),
+                         "solver": solver_label(r["solver"]["name"], r["solver"]["options"]) + teleport_label(r),
                          "nfe": int(r["nfe"]["requested"]), "counted_nfe": int(r["nfe"]["counted"]),
                          "value": rounded(value), "num_samples": int(r["samples"]["num_samples"]),
                          "seed": int(r["samples"]["seed"])})

@@ -27,6 +27,8 @@ class SolverSpec:
     # model methods the solver calls besides the denoiser (dlg: the noise-level posterior); a model without
     # them cannot run it (the analytic models have them, a neural checkpoint needs a trained classifier)
     model_needs: tuple = ()
+    # (ts, noise, dtype, **options) -> sampling.calibration.Need: the solver then gets ``calibration=`` arrays
+    calibration: Callable | None = None
 
     def min_nfe(self, **options) -> int:
         return self.cost(1, **options)

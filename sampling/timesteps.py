@@ -220,10 +220,12 @@ def _pin_ends(t, t_start, t_end):
     return t
 
 
-def make_grid(noise, steps: int, name: str, t_end: float | None = None, **params) -> np.ndarray:
+def make_grid(noise, steps: int, name: str, t_end: float | None = None, t_start: float | None = None,
+              **params) -> np.ndarray:
+    """t_start: the noise schedule's T unless given (teleportation restarts a grid from its hand-over time)."""
     grid = GRIDS.get(name)
     t_end = noise.eps if t_end is None else float(t_end)
-    t = grid(noise, steps, float(noise.T), t_end, **params)
+    t = grid(noise, steps, float(noise.T) if t_start is None else float(t_start), t_end, **params)
     if t.ndim != 1 or len(t) < 2 or not np.all(np.isfinite(t)):
         raise NfebenchError(f"time-step schedule '{name}' needs at least 2 finite time points")
     if not np.all(np.diff(t) < 0):
