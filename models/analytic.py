@@ -42,6 +42,13 @@ class AnalyticModel(Denoiser):
     def _flat(self, x):
         return x.reshape(x.shape[0], -1)
 
+    def noise_level_logits(self, x_e: torch.Tensor, sigmas) -> torch.Tensor:
+        """Exact log p(x_e | s_k) for EDM noise levels s_k (x_e = x / alpha), shape (batch, levels), up to a
+        constant shared by all entries: with a uniform prior on the levels, the softmax over a row is the
+        exact noise-level posterior p(s_k | x_e) that a trained noise-level classifier approximates (DLG)."""
+        v = torch.as_tensor(np.asarray(sigmas, dtype=np.float64) ** 2, device=x_e.device, dtype=x_e.dtype)
+        return self.log_density_edm(self._flat(x_e), v)
+
 
 class Gaussian(AnalyticModel):
     """Data ~ N(mu, U diag(var) U^T) with a fixed random orthonormal U."""
@@ -82,6 +89,13 @@ class Gaussian(AnalyticModel):
 
     def data_moments(self):
         return self.mean.copy(), (self.basis * self.var) @ self.basis.T
+
+    def log_density_edm(self, x, s2):
+        # N(x; mu, U diag(var + s^2) U^T) for every s^2 at once, in the eigenbasis (the 2 pi term dropped)
+        U, var, mu = self._tensors(x)
+        inv = 1.0 / (var[:, None] + s2[None, :])  # (d, levels)
+        y2 = ((x - mu) @ U) ** 2
+        return -0.5 * (y2 @ inv) + 0.5 * torch.log(inv).sum(0)
 
 
 class Digits(AnalyticModel):
@@ -126,6 +140,18 @@ class Digits(AnalyticModel):
         if not sol.success:
             raise NfebenchError(f"digits reference ODE solve failed: {sol.message}")
         return torch.as_tensor(sol.y[:, -1]).reshape(shape).to(device=dev, dtype=dt)
+
+    def log_density_edm(self, x, s2):
+        # log (1/n) sum_n N(x; c_n, (std^2 + s^2) I) for every s^2, the 2 pi and 1/n terms dropped; the nearest
+        # centre's term is factored out (it is the largest at every level), so one exp per term and level
+        c, c2 = self._tensors(x)
+        d2 = (x * x).sum(1, keepdim=True) - 2 * x @ c.T + c2  # |x - c_n|^2
+        near = d2.min(1, keepdim=True).values
+        gap, v = d2 - near, self.std**2 + s2
+        out = []
+        for w in (-0.5 / v).split(8):  # 8 levels at a time: (batch, n, 8) stays small
+            out.append(torch.log(torch.exp(gap[:, :, None] * w).sum(1)) + near * w)
+        return torch.cat(out, 1) - 0.5 * x.shape[1] * torch.log(v)
 
     @property
     def ode_reference(self):

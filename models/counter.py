@@ -29,6 +29,7 @@ class CountedDenoiser:
         self.cond = cond
         self.count = 0
         self.network_evals = 0
+        self._rows = 0  # rows evaluated by on_rows since its count last rose
         self.times: list[float] = []
         # trace: NaN and Inf propagate through a sum, so one device scalar per call (no host sync)
         # finds the first bad call after the batch. A finite float32 tensor whose sum overflows has
@@ -43,21 +44,36 @@ class CountedDenoiser:
         return getattr(self.model, name)
 
     def __call__(self, x, t: float, cond=None):
-        if self.budget is not None and self.count >= self.budget:
+        self._charge(1)
+        return self._evaluate(x, t, self.cond if cond is None else cond)
+
+    def on_rows(self, x, t: float, rows: torch.Tensor, batch: int):
+        """The model on some rows of the batch (``rows`` indexes the batch of ``batch`` samples), for solvers
+        whose samples sit at their own noise levels and so are evaluated level by level. NFE stays per sample:
+        the count rises by one each time ``batch`` rows have been evaluated, so a round that evaluates every
+        sample once, in any number of groups, is one NFE; ``network_evals`` counts every group's call."""
+        whole, self._rows = divmod(self._rows + len(rows), batch)
+        self._charge(whole)
+        return self._evaluate(x, t, None if self.cond is None else self.cond[rows])
+
+    def _charge(self, n: int):
+        if self.budget is not None and self.count + n > self.budget:
             raise BudgetExceeded(f"solver asked for model evaluation {self.count + 1} with a budget of {self.budget} NFE")
-        self.count += 1
+        self.count += n
+
+    def _evaluate(self, x, t: float, cond):
         self.network_evals += getattr(self.model, "evals_per_call", 1)
         self.times.append(float(t))
         if x.is_cuda:
             # events time the kernels on the stream without making the host wait for them
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            out = self.model(x, t, self.cond if cond is None else cond)
+            out = self.model(x, t, cond)
             end.record()
             self._events.append((start, end))
         else:
             start = time.perf_counter()
-            out = self.model(x, t, self.cond if cond is None else cond)
+            out = self.model(x, t, cond)
             self._host_s += time.perf_counter() - start
         if self.trace:
             self._sums.append(x.sum() + out.sum())

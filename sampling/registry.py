@@ -24,6 +24,9 @@ class SolverSpec:
     describe: Callable | None = None  # (steps, **options) -> extra facts for the run record
     stochastic: bool = False
     final: Callable | None = None    # (model, x, t, **options) -> x0: the step to sigma = 0 (default: model(x, t))
+    # model methods the solver calls besides the denoiser (dlg: the noise-level posterior); a model without
+    # them cannot run it (the analytic models have them, a neural checkpoint needs a trained classifier)
+    model_needs: tuple = ()
     # (ts, noise, dtype, **options) -> sampling.calibration.Need: the solver then gets ``calibration=`` arrays
     calibration: Callable | None = None
 

@@ -155,6 +155,9 @@ def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
     from sampling.registry import SOLVERS
 
     for solver in sorted(SOLVERS):
+        needs = get_solver(solver).model_needs
+        if needs and not all(hasattr(model, n) for n in needs):
+            continue  # a solver that declares a model method this model lacks (dlg: the noise-level posterior)
         opts, schedule = solver_defaults(solver)
         nfe = max(6, get_solver(solver).min_nfe(**{k: v for k, v in opts.items() if k != "name"}))
         cfg = {"nfe": nfe, "num_samples": 1, "batch_size": 1, "seed": 0, "sample_offset": 0, "t_end": None,

@@ -14,7 +14,7 @@ from launch.dry_run import plan_run
 from launch.experiment import experiment_names, published_rows
 from results import published as collector_published
 import sampling.solvers  # noqa: F401  (registers every solver, so SOLVERS is complete)
-from sampling.registry import SOLVERS
+from sampling.registry import SOLVERS, get_solver
 
 from helpers import CONFIGS, compose_cfg, launch, run_module
 
@@ -49,7 +49,7 @@ def plans(name, *extra):
     assert all(len(v) == 1 for v in params.values()), "only nfe is swept besides runs and setups"
     out, cfgs = [], {}
     with initialize_config_dir(str(CONFIGS), version_base=None):
-        for job in expand(expand(base, sweeper.get("runs")), sweeper.get("setups")):
+        for job in expand(expand(base, sweeper.get("setups")), sweeper.get("runs")):
             key = tuple(o for o in job if not o.startswith("nfe="))  # a run may be limited to some NFEs
             n = int(next(o for o in job if o.startswith("nfe="))[len("nfe="):])
             if key not in cfgs:
@@ -91,10 +91,12 @@ def test_dry_run_plans_exactly_the_published_rows_named(name):
         assert len(planned) == len(answered)
     else:
         # a zoo: every registered solver at every NFE of the issue, on its own model
-        assert {p["solver"] for p in planned} == set(SOLVERS)
+        # (but the solvers that need a model method a neural checkpoint lacks, declared as model_needs: dlg)
+        runnable = [s for s in SOLVERS if not get_solver(s).model_needs]
+        assert {p["solver"] for p in planned} == set(runnable)
         assert {p["nfe"] for p in planned} == {5, 6, 8, 10, 12, 15, 20, 50}
         assert {p["model"] for p in planned} == {name[len("zoo_"):]}
-        assert len(planned) == len(SOLVERS.names()) * 8 + 3  # + diffusers' PNDM at the three NFEs >= 13
+        assert len(planned) == len(runnable) * 8 + 3  # + diffusers' PNDM at the three NFEs >= 13
 
 
 def test_zoo_solvers_use_diffusers_defaults_where_diffusers_has_the_scheduler():
@@ -133,7 +135,14 @@ def test_leaderboard_plans_every_solver_and_the_readme_variants_on_three_models(
     by_model = {}
     for p in planned:
         by_model.setdefault(p["model"], []).append(p)
-    assert len({len(v) for v in by_model.values()}) == 1  # the same solver grid on each model
+    # the same solver grid on each model, but for solvers that need a model method only the analytic models
+    # have (dlg's exact noise-level posterior, declared as model_needs): those run on gaussian and digits only
+    needy = {name for name in SOLVERS if get_solver(name).model_needs}
+    assert needy == {"dlg"}
+    grids = {m: sorted((p["solver"], str(sorted(p["options"].items())), p["nfe"])
+                       for p in v if p["solver"] not in needy) for m, v in by_model.items()}
+    assert grids["gaussian"] == grids["digits"] == grids["digits_unet"]
+    assert {p["model"] for p in planned if p["solver"] in needy} == {"gaussian", "digits"}
     assert all(p["paper"]["convention"] == "nfe" and p["paper"]["value"] == p["counted"] for p in planned)
 
 
@@ -164,7 +173,7 @@ def test_cli_dry_run_lists_runs_and_costs_without_loading_weights(tmp_path):
     r = launch("-m", "+experiment=zoo_imagenet256_dit", "dry_run=true", "nfe=10", "num_samples=100",
                f"hydra.sweep.dir={tmp_path / 'd'}")
     assert r.returncode == 0, r.stderr
-    n_runs = len(SOLVERS.names())  # one zoo run per registered solver at nfe=10
+    n_runs = len([s for s in SOLVERS if not get_solver(s).model_needs])  # one zoo run per solver at nfe=10
     total = re.search(rf"total: {n_runs} runs, ([\d,]+) NFE x samples, ([\d,]+) network evaluations", r.stdout)
     assert total and 2 * int(total[1].replace(",", "")) == int(total[2].replace(",", ""))
 
@@ -236,7 +245,7 @@ def test_experiment_runs_end_to_end_on_a_miniature_then_through_the_collector(na
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     recs = [json.loads(p.read_text()) for p in sweep.rglob("record.json")]
     n_runs = {"ddim_table1_cifar10": 5, "ddim_table3_church": 2, "ddim_table3_bedroom": 2,
-              "zoo_cifar10_ddpm": len(SOLVERS.names())}.get(name, 2)
+              "zoo_cifar10_ddpm": len([s for s in SOLVERS if not get_solver(s).model_needs])}.get(name, 2)
     assert len(recs) == n_runs and f"{n_runs} runs: {n_runs} done" in r.stdout
     for rec in recs:
         assert rec["config"]["experiment"]["name"] == name and rec["model"]["name"] == model
@@ -365,6 +374,12 @@ def test_a_run_limited_to_some_nfes_joins_only_those_jobs():
     assert expand([["nfe=3"], ["nfe=4"]], runs) == [
         ["nfe=4", "solver=heun", "experiment.published_solver='Heun'"], ["nfe=3", "solver=euler"],
         ["nfe=4", "solver=euler"]]
+    # `where` limits a run to the jobs whose setup names one of its models (setups are expanded first)
+    runs = [{"where": {"model": ["gaussian"]}, "overrides": ["solver=dlg"]}, ["solver=euler"]]
+    setups = [["model=gaussian"], ["model=digits_unet"]]
+    assert expand(expand([["nfe=3"]], setups), runs) == [
+        ["nfe=3", "model=gaussian", "solver=dlg"], ["nfe=3", "model=gaussian", "solver=euler"],
+        ["nfe=3", "model=digits_unet", "solver=euler"]]
     # the published map likewise holds an entry at some NFEs only (DPM-Solver-v3's Heun changes with parity)
     heun = ("Heun (EDM 2nd order)", "logSNR sigma in [0.002,80]", DPMV3)
     assert "solver.final_step=edm" in collector_published.nfebench_solver(*heun, 5)["overrides"]

@@ -74,6 +74,12 @@ def test_rows_name_only_the_options_that_differ_from_the_solver_config():
 def test_committed_leaderboard_covers_every_table_solver_and_nfe():
     csv = pd.read_csv(COMMITTED / "leaderboard.csv")
     readme = (COMMITTED / "README.md").read_text()
+    from sampling.registry import SOLVERS, get_solver
+
+    # a solver that needs a model method only the analytic models have (declared model_needs: dlg) runs on
+    # gaussian and digits at the NFEs it can afford; every other solver fills every table
+    needy = {name for name in SOLVERS if get_solver(name).model_needs}
+    csv = csv[~csv["solver"].str.split("(").str[0].isin(needy)]
     solvers = None
     for model, metric, _ in lb.TABLES:
         sub = csv[(csv["model"] == model) & (csv["metric"] == metric)]

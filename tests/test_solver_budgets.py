@@ -37,6 +37,7 @@ VARIANTS = {
     "euler": [{"S_churn": 10}],
     "ddpm": [{"variance": "fixed_large"}],
     "time_shift": [{"base": "ipndm"}, {"window": 0}],
+    "dlg": [{"ode": "dpm_solver", "burn_in": 0, "mcmc_steps": 2}, {"posterior": "sample", "sigma_max": None, "ode_order": 3}],
 }
 
 

@@ -10,6 +10,7 @@ variance), which a cartesian sweep cannot express. An experiment lists them inst
           - {published: DDIM eta=0.0, overrides: [solver=ddim, solver.eta=0.0]}
           - {overrides: [solver=ddpm, solver.variance=fixed_large]}
           - {published: Heun, nfe: [4, 6], overrides: [solver=heun]}   # only at these NFEs of the sweep
+          - {where: {model: [gaussian]}, overrides: [solver=dlg]}        # only on these setups' models
         setups:                          # optional second axis, crossed with runs (e.g. a model with its metrics)
           - [model=gaussian, metrics=exact]
 
@@ -53,26 +54,37 @@ def run_overrides(run) -> List[str]:
     return [str(o) for o in run]
 
 
-def _nfe_of(job: List[str]):
+def _value_of(job: List[str], key: str):
     for o in job:
-        if _key(o) == "nfe":
+        if _key(o) == key:
             return o.split("=", 1)[1]
     return None
+
+
+def _joins(run, job: List[str]) -> bool:
+    """Whether a job joins a run: a run with `nfe: [...]` or `where: {key: [values]}` joins only the jobs
+    whose value of that key is listed."""
+    if not hasattr(run, "keys"):
+        return True
+    only = dict(run.get("where") or {})
+    if run.get("nfe") is not None:
+        only["nfe"] = run["nfe"]
+    return all(_value_of(job, k) in [str(v) for v in vs] for k, vs in only.items())
 
 
 def expand(jobs: List[List[str]], runs) -> List[List[str]]:
     """Every job (a params x command-line combination) once per run; a key the job already sets wins
     (the command line beats an experiment), and identical jobs are launched once. A run with `nfe: [...]`
     joins only the jobs at those NFEs (a table that prints a solver at some budgets, or changes its
-    options with the budget)."""
+    options with the budget); one with `where: {model: [...]}` only the jobs on those models (a solver
+    that needs what only some models have)."""
     if not runs:
         return jobs
     out, seen = [], set()
     for run in runs:
         extra = run_overrides(run)
-        only = [str(n) for n in run.get("nfe")] if hasattr(run, "keys") and run.get("nfe") is not None else None
         for job in jobs:
-            if only is not None and _nfe_of(job) not in only:
+            if not _joins(run, job):
                 continue
             given = {_key(o) for o in job}
             new = job + [o for o in extra if _key(o) not in given]
@@ -88,7 +100,8 @@ class NfebenchSweeper(BasicSweeper):
         self.runs, self.setups = list(runs or []), list(setups or [])
 
     def split_arguments(self, overrides, max_batch_size):  # BasicSweeper.sweep calls it on self
-        jobs = expand(expand(BasicSweeper.split_arguments(overrides, None)[0], self.runs), self.setups)
+        # setups first, so that a run's `where` sees each job's model (a job's own keys win either way)
+        jobs = expand(expand(BasicSweeper.split_arguments(overrides, None)[0], self.setups), self.runs)
         return list(BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size))
 
     def validate_batch_is_legal(self, batch) -> None:
