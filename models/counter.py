@@ -174,9 +174,27 @@ class ComputeTally:
         total = sum(n * self.macs[c] for c, n in self.calls.items())
         timed = sum(self.timed.values())
         configs = [{"config": config_name(c), "kind": c[2], "shape": list(c[0]), "dtype": str(c[1]).replace("torch.", ""),
-                    "calls": n, "macs_per_call": self.macs[c],
+                    "calls": n, "macs_per_call": self.macs[c], "timed_calls": self.timed[c],
                     "seconds_per_call": self.seconds[c] / self.timed[c] if self.timed[c] else None}
                    for c, n in sorted(self.calls.items(), key=lambda kv: config_name(kv[0]))]
         return {"macs_total": total, "macs_per_sample": total / num_samples, "macs_per_call": configs,
                 "seconds_per_call": sum(self.seconds.values()) / timed if timed else None,
                 "timed_calls": timed, "macs_counter": MAC_COUNTER}
+
+
+def merge_compute(parts: list[dict], num_samples: int) -> dict:
+    """The compute record of shards run apart (results/merge.py): calls and MACs add, times pool."""
+    configs: dict = {}
+    for part in parts:
+        for c in part["macs_per_call"]:
+            seen = configs.setdefault(c["config"], {**c, "calls": 0, "timed_calls": 0, "_s": 0.0})
+            seen["calls"] += c["calls"]
+            seen["timed_calls"] += c["timed_calls"]
+            seen["_s"] += (c["seconds_per_call"] or 0.0) * c["timed_calls"]
+    total = sum(p["macs_total"] for p in parts)
+    timed = sum(c["timed_calls"] for c in configs.values())
+    merged = [{**{k: v for k, v in c.items() if k != "_s"},
+               "seconds_per_call": c["_s"] / c["timed_calls"] if c["timed_calls"] else None} for c in configs.values()]
+    return {**parts[0], "macs_total": total, "macs_per_sample": total / num_samples, "macs_per_call": merged,
+            "seconds_per_call": sum(c["_s"] for c in configs.values()) / timed if timed else None,
+            "timed_calls": timed}

@@ -130,10 +130,13 @@ def test_leaderboard_plans_every_solver_and_the_readme_variants_on_three_models(
         for order in (2, 3):
             assert ("unipc", order, variant, None, None) in variants
     assert ("ddim", None, None, 1.0, None) in variants and ("heun", None, None, None, "edm") in variants
-    by_model = {}
+    by_model, cached = {}, []
     for p in planned:
-        by_model.setdefault(p["model"], []).append(p)
+        (cached if p["config"]["model"].get("deepcache") else by_model.setdefault(p["model"], [])).append(p)
     assert len({len(v) for v in by_model.values()}) == 1  # the same solver grid on each model
+    # DeepCache rows (a UNet2DModel option) on digits_unet only, each launched once
+    assert cached and {p["model"] for p in cached} == {"digits_unet"}
+    assert len({(tuple(p["overrides"]), p["nfe"]) for p in cached}) == len(cached)
     assert all(p["paper"]["convention"] == "nfe" and p["paper"]["value"] == p["counted"] for p in planned)
 
 
