@@ -9,8 +9,9 @@ everything deeper (branch 0 is the shallowest, cheapest partial call, as `branch
 reference's DDPM code).
 
 Which calls are full: uniform (calls 0, interval, 2*interval, ...), or `quad`, the reference's
-quadratic spacing (its LDM code): ceil(N / interval) full calls at int(x^pow) for x evenly spaced on
-[0, N^(1/pow)], dense early (high noise), with pow lowered in 0.02 steps until they are distinct. The
+quadratic spacing (`sample_from_quad` of its Stable Diffusion pipeline): ceil(N / interval) full calls at
+int(x^pow) for x evenly spaced on [0, N^(1/pow)], dense early (high noise), with pow lowered in 0.02 steps
+until they are distinct (where the reference gives up at pow 1, this falls back to uniform). The
 state (call index, cache) is per batch: each NFE counter starts it afresh with the batch's call count N,
 so a sample depends only on (seed, i). A counter that does not know N (calls=None) gets full calls only.
 Full calls are the network's own forward (a pre-hook copies h), so interval 1 is the plain network.
