@@ -162,4 +162,4 @@ def test_a_deepcache_sweep_records_its_macs_and_the_collector_tabulates_and_plot
     r = run_module("results.collect", str(sweep), "--x", "macs")
     assert r.returncode == 0 and " @ " in r.stdout and "deepcache" in r.stdout, r.stdout + r.stderr
     r = run_module("results.collect", str(sweep), "--x", "flops")
-    assert r.returncode == 2 and r.stderr.startswith("nfebench: error: --x")
+    assert r.returncode == 2 and r.stderr == "nfebench: error: unknown --x 'flops'; valid: nfe, macs\n"
