@@ -75,7 +75,8 @@ def records_frame(sweep_dir: Path) -> pd.DataFrame:
         cache = r["model"].get("deepcache")
         solver = solver_label(r["solver"]["name"], r["solver"]["options"])
         if cache:
-            solver += CACHED + "(" + ",".join(f"{k}={v}" for k, v in cache.items()) + ")"
+            shown = [k for k in ("interval", "branch", "skip_type", "pow") if k in cache and cache[k] != "uniform"]
+            solver += CACHED + "(" + ",".join(f"{k}={cache[k]}" for k in shown) + ")"
         macs = (r.get("compute") or {}).get("macs_per_sample")
         for metric, value in r["metrics"].items():
             rows.append({"model": r["model"]["name"] + (CACHED if cache else ""), "metric": metric, "solver": solver,

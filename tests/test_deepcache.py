@@ -163,3 +163,14 @@ def test_a_deepcache_sweep_records_its_macs_and_the_collector_tabulates_and_plot
     assert r.returncode == 0 and " @ " in r.stdout and "deepcache" in r.stdout, r.stdout + r.stderr
     r = run_module("results.collect", str(sweep), "--x", "flops")
     assert r.returncode == 2 and r.stderr == "nfebench: error: unknown --x 'flops'; valid: nfe, macs\n"
+
+    # the leaderboard renderer: a MACs column, and the cached rows beside the plain ones in their own table
+    out = tmp_path / "board"
+    r = run_module("results.leaderboard", "render", str(sweep), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert set(board["model"]) == {"digits_unet", "digits_unet+deepcache"}
+    assert sorted(board["macs_per_sample"]) == sorted(round(rec["compute"]["macs_per_sample"]) for rec in (cached, plain))
+    readme = (out / "README.md").read_text()
+    section = readme[readme.index("## `digits_unet` with DeepCache: `fd_digits` against MACs"):]
+    assert "| ddim | 6 |" in section and "| ddim+deepcache(interval=2,branch=0) | 6 |" in section
