@@ -70,9 +70,7 @@ class CountedDenoiser:
         self._sums: list[torch.Tensor] = []
         self._host_s = 0.0
         self._events: list = []  # CUDA (config, start, end): read once, after the batch
-        self.calls_by: dict = {}  # config -> calls
-        self._host_by: dict = {}  # config -> seconds (CPU; metered calls left out)
-        self._metered: set = set()
+        self._by: dict = {}  # config -> [calls, seconds on the host (CPU), metered here]: one lookup a call
         try:
             self.macs_by = _MACS.setdefault(model, {})
         except TypeError:  # a model that cannot be weakly referenced or hashed: counted per counter
@@ -92,14 +90,16 @@ class CountedDenoiser:
         self.count += 1
         self.network_evals += getattr(self.model, "evals_per_call", 1)
         self.times.append(float(t))
-        config = (tuple(x.shape), x.dtype, self._kind(x) if self._kind else "full")
-        self.calls_by[config] = self.calls_by.get(config, 0) + 1
+        config = (x.shape, x.dtype, self._kind(x) if self._kind else "full")
+        entry = self._by.get(config)
+        if entry is None:
+            entry = self._by[config] = [0, 0.0, config not in self.macs_by]
+        entry[0] += 1
         args = (x, t, self.cond if cond is None else cond)
-        if config not in self.macs_by:  # once per model and configuration; this call is not timed per config
+        if entry[2] and entry[0] == 1:  # once per model and configuration; this call is not timed per config
             start = time.perf_counter()
             out, self.macs_by[config] = count_macs(self.model, *args)
             self._host_s += time.perf_counter() - start
-            self._metered.add(config)
         elif x.is_cuda:
             # events time the kernels on the stream without making the host wait for them
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -112,7 +112,7 @@ class CountedDenoiser:
             out = self.model(*args)
             elapsed = time.perf_counter() - start
             self._host_s += elapsed
-            self._host_by[config] = self._host_by.get(config, 0.0) + elapsed
+            entry[1] += elapsed
         if self.trace:
             self._sums.append(x.sum() + out.sum())
         return out
@@ -130,13 +130,19 @@ class CountedDenoiser:
             out[config] = out.get(config, 0.0) + s.elapsed_time(e) / 1000
         return out
 
+    @property
+    def calls_by(self) -> dict:
+        """config (input shape, dtype, kind) -> calls."""
+        return {c: e[0] for c, e in self._by.items()}
+
     def seconds_by(self) -> dict:
         """config -> seconds inside its timed calls (the metered first call of a configuration is not timed)."""
         out = self._device_by()
-        return {c: out.get(c, 0.0) + self._host_by.get(c, 0.0) for c in {*out, *self._host_by}}
+        return {c: out.get(c, 0.0) + e[1] for c, e in self._by.items()}
 
     def timed_calls(self, config) -> int:
-        return self.calls_by.get(config, 0) - (config in self._metered)
+        calls, _, metered = self._by.get(config, (0, 0.0, False))
+        return calls - bool(metered)
 
     @property
     def macs(self) -> int:
