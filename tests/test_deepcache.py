@@ -174,3 +174,51 @@ def test_a_deepcache_sweep_records_its_macs_and_the_collector_tabulates_and_plot
     readme = (out / "README.md").read_text()
     section = readme[readme.index("## `digits_unet` with DeepCache: `fd_digits` against MACs"):]
     assert "| ddim | 6 |" in section and "| ddim+deepcache(interval=2,branch=0) | 6 |" in section
+
+
+def test_the_partial_path_matches_the_full_forward_through_attention_blocks_at_every_branch():
+    # cifar10_ddpm-like block types (attention in down and up blocks), two resnets per block: 6 skips
+    # (conv_in, 2 resnets + downsampler, 2 resnets) and 6 up resnets
+    from diffusers import UNet2DModel
+
+    from models.deepcache import DeepCache
+
+    torch.manual_seed(0)
+    net = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=2,
+                      down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                      norm_num_groups=4, attention_head_dim=4).eval()
+    with torch.no_grad():
+        for p in net.parameters():  # diffusers zero-initialises some layers: make every path matter
+            p.add_(0.1 * torch.randn_like(p))
+    x, steps = torch.randn(2, 3, 8, 8), torch.full((2,), 500.0)
+    with torch.no_grad():
+        plain = net(x, steps).sample
+        for branch in range(5):
+            cache = DeepCache(net, interval=2, branch=branch)
+            cache.start(4)
+            kinds = [cache.kind(x)]
+            full = cache(x, steps)
+            kinds.append(cache.kind(x))
+            partial = cache(x, steps)
+            assert kinds == ["full", "partial"] and torch.equal(full, plain)
+            torch.testing.assert_close(partial, full, rtol=1e-5, atol=1e-5)
+        with pytest.raises(NfebenchError, match=r"branch must lie in \[0, 4\]"):
+            DeepCache(net, interval=2, branch=5)
+
+
+def test_the_ldm_unet_caches_in_latent_space(tmp_path):
+    from test_models_pretrained import save_checkpoint
+
+    path = save_checkpoint("celebahq_ldm", tmp_path)
+    common = (f"model.path={path}", "solver=ddim", "nfe=4", "num_samples=2", "batch_size=2", "metrics=none")
+    runs = {}
+    for opts in ("null", "{interval:1,branch:0}", "{interval:2,branch:1}"):
+        cfg = compose_cfg("model=celebahq_ldm", *common, f"model.deepcache={opts}")
+        out = []
+        stats = sample_batches(cfg, plan(cfg), load_model(cfg), torch.device("cpu"), lambda x, x0, i: out.append(x))
+        runs[opts] = (torch.cat(out), stats)
+    assert torch.equal(runs["{interval:1,branch:0}"][0], runs["null"][0])
+    x, stats = runs["{interval:2,branch:1}"]
+    assert x.shape == (2, 3, 256, 256) and bool(torch.isfinite(x).all()) and stats.counted == 4
+    assert {c["kind"]: c["calls"] for c in stats.compute["macs_per_call"]} == {"full": 2, "partial": 2}
+    assert stats.compute["macs_total"] < runs["null"][1].compute["macs_total"]
