@@ -29,12 +29,13 @@ from sampling.schedules import make_noise_schedule
 from sampling.seeds import SampleNoise, sample_seeds
 from sampling.timesteps import final_step, fixed_steps, make_grid
 
-from . import validate
+from . import calibration, validate
 from .experiment import paper_count
 from .records import RECORD_NAME, STATE_NAME, config_hash, git_state, versions
 from common.files import atomic_write_bytes, atomic_write_json, npz_bytes
 
 if TYPE_CHECKING:
+    from sampling.calibration import Need
     from sampling.registry import SolverSpec
     from sampling.schedules import NoiseSchedule
 
@@ -58,6 +59,7 @@ class Plan:
     noise: NoiseSchedule  # the model config's schedule; the grid lies on it
     ts: np.ndarray
     final_x0: bool  # one more counted evaluation replaces x at the last grid point by the model's x0
+    calibration: Need | None = None  # what the solver needs computed from the model first (launch/calibration.py)
 
     @property
     def steps(self) -> int:
@@ -100,7 +102,10 @@ def plan(cfg: dict) -> Plan:
     steps, _ = budget(cfg, spec, solver_opts)
     grid_opts = grid_config(cfg)
     ts = make_grid(noise, steps, grid_opts.pop("name", None), t_end=cfg.get("t_end"), **grid_opts)
-    return Plan(spec, solver_opts, dtype, noise, ts, bool(_final_denoise_cost(cfg)))
+    need = spec.calibration(ts, noise, dtype, **solver_opts) if spec.calibration else None
+    p = Plan(spec, solver_opts, dtype, noise, ts, bool(_final_denoise_cost(cfg)), need)
+    calibration.check(cfg, p)
+    return p
 
 
 def budget(cfg: dict, spec, solver_opts: dict) -> tuple[int, int]:
@@ -184,25 +189,27 @@ def _progress(batches, desc: str, **kw):
     return tqdm(batches, desc=desc, disable=None, leave=False, dynamic_ncols=True, **kw)
 
 
-def sample_batch(cfg: dict, p: Plan, model, idx, device, seeds=None, trace=False):
+def sample_batch(cfg: dict, p: Plan, model, idx, device, seeds=None, trace=False, calibrated=None):
     """(samples, initial noise, counter) of the samples in idx; everything random comes from (seed, i).
 
     seeds: the indices' generator seeds (sampling.seeds.sample_seeds), if already computed.
-    trace: the counter keeps a reduction per call, to locate a NaN (a replay of a failed batch)."""
+    trace: the counter keeps a reduction per call, to locate a NaN (a replay of a failed batch).
+    calibrated: {kind: arrays} from launch.calibration.prepare, when the plan needs calibration."""
+    extra = {"calibration": calibrated[p.calibration.kind]} if p.calibration else {}
     rng = SampleNoise(cfg["seed"], idx, model.shape, dtype=p.dtype, device=device, seeds=seeds)
     x_start = float(model.noise.sigma(p.ts[0])) * rng.draw()
     # Per-sample conditioning (class labels) depends on (seed, i) only; the counter binds it.
     cond = model.conditions(cfg["seed"], idx) if hasattr(model, "conditions") else None
     counter = CountedDenoiser(model, budget=cfg["nfe"], cond=cond, trace=trace, calls=p.cost)
     with torch.no_grad():
-        x = p.spec.fn(counter, x_start, p.ts, model.noise, rng, **p.solver_opts)
+        x = p.spec.fn(counter, x_start, p.ts, model.noise, rng, **p.solver_opts, **extra)
         if p.final_x0:
             t = float(p.ts[-1])
             x = p.spec.final(counter, x, t, **p.solver_opts) if p.spec.final else counter(x, t)
     return x, x_start, counter
 
 
-def sample_batches(cfg: dict, p: Plan, model, device, on_batch) -> SampleStats:
+def sample_batches(cfg: dict, p: Plan, model, device, on_batch, calibrated=None) -> SampleStats:
     """Run the solver over all sample indices; on_batch(samples, x_start, indices) sees each batch.
 
     Latent models' samples are decoded (model.decode) before on_batch; decoding is not an NFE.
@@ -215,10 +222,10 @@ def sample_batches(cfg: dict, p: Plan, model, device, on_batch) -> SampleStats:
     for lo in _progress(range(0, n, bs), "sampling", unit="batch"):
         idx = range(first + lo, first + min(lo + bs, n))
         start = time.perf_counter()
-        x, x_start, counter = sample_batch(cfg, p, model, idx, device, seeds[lo: lo + bs])
+        x, x_start, counter = sample_batch(cfg, p, model, idx, device, seeds[lo: lo + bs], calibrated=calibrated)
         if not bool(torch.isfinite(x).all()):  # the loop's one host sync per batch
             # deterministic per sample, so a traced replay of this batch finds the step
-            traced = sample_batch(cfg, p, model, idx, device, seeds[lo: lo + bs], trace=True)[2]
+            traced = sample_batch(cfg, p, model, idx, device, seeds[lo: lo + bs], trace=True, calibrated=calibrated)[2]
             raise NfebenchError(_nonfinite_message(traced))
         sample_s += time.perf_counter() - start
         counted.add(counter.count)
@@ -272,6 +279,9 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
     # missing) before a checkpoint spends seconds to minutes loading
     suite = None if suite_needs_model(cfg) else metric_suite(cfg, p)
     model = load_model(cfg)
+    calibrated, cal_info = calibration.prepare(cfg, p, model, device)
+    if cfg.get("calibrate_only"):
+        return _write_calibration_record(cfg, p, model, cal_info, out_dir, time.perf_counter() - t0)
     suite = suite or metric_suite(cfg, p, model)
     save = sample_writer(cfg.get("save_samples"), out_dir)
     shown, n_shown = [], cfg.get("grid_images", 64)
@@ -285,7 +295,7 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
 
     load_s = time.perf_counter() - t0
     try:
-        stats = sample_batches(cfg, p, model, device, on_batch)
+        stats = sample_batches(cfg, p, model, device, on_batch, calibrated)
         results = suite.result()
     except BaseException:
         if save:
@@ -293,6 +303,7 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
         raise
     timing = {"total_s": time.perf_counter() - t0, "load_s": load_s}
     record = build_record(cfg, p, model, device, stats, results, suite.protocol(), timing)
+    record["calibration"] = cal_info
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -302,6 +313,19 @@ def run_experiment(cfg: dict, out_dir: Path) -> dict:
     if shown:
         atomic_write_bytes(out_dir / "samples.png", _png_grid(torch.cat(shown)[:n_shown]))
     atomic_write_json(out_dir / RECORD_NAME, record)
+    return record
+
+
+def _write_calibration_record(cfg: dict, p: Plan, model, cal_info: dict, out_dir, total_s: float) -> dict:
+    """calibrate_only: a record that says what was calibrated and what it cost; no samples, no metrics
+    (status "calibrated": collectors and resume look only for "complete")."""
+    record = {"status": "calibrated", "created_at": datetime.now(timezone.utc).isoformat(), "config": cfg,
+              "config_hash": config_hash(cfg), "model": {"name": cfg["model"].get("name"), **model.describe()},
+              "solver": {"name": p.spec.name, "options": p.solver_opts, "steps": p.steps},
+              "nfe": {"requested": cfg["nfe"], "counted": 0}, "samples": {}, "metrics": {},
+              "calibration": cal_info, "timing": {"total_s": total_s}, "versions": versions(), "git": git_state()}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(out_dir) / RECORD_NAME, record)
     return record
 
 
@@ -342,6 +366,10 @@ def build_record(cfg: dict, p: Plan, model, device, stats: SampleStats, results:
 
 
 def summary_line(rec: dict, out_dir) -> str:
+    if rec["status"] == "calibrated":
+        done = ", ".join(f"{k} {v['status']} ({v['nfe']} NFE, {v['seconds']:.1f}s): {v['file']}"
+                         for k, v in rec["calibration"].items())
+        return f"{rec['model']['name']} | {rec['solver']['name']} | calibrate_only | {done} | {out_dir}"
     opts = ",".join(f"{k}={v}" for k, v in sorted(rec["solver"]["options"].items()))
     mets = " ".join(f"{k}={v:.6g}" for k, v in rec["metrics"].items())
     return (f"{rec['model']['name']} | {rec['solver']['name']}({opts}) | {rec['schedule']['name']} | "

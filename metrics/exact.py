@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from common.errors import NfebenchError
-from common.files import atomic_write_bytes, npz_bytes
+from common.checked_npz import read_checked, write_checked
 
 from .frechet import frechet_distance
 from .references import cache_dir as fid_cache_dir  # the ODE references live beside the FID statistics
@@ -111,9 +111,7 @@ class OdeCache:
             return torch.as_tensor(ref).to(device=x_start.device, dtype=x_start.dtype)
         out = self.model.ode_solution(x_start, self.t_start, self.t_end)
         arr = out.detach().cpu().double().numpy()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        # atomic: parallel runs of one sweep see no file or a whole one
-        atomic_write_bytes(path, npz_bytes({"ref": arr, "checksum": np.asarray(_checksum(arr))}))
+        write_checked(path, {"ref": arr})  # atomic: parallel runs of one sweep see no file or a whole one
         self.built += 1
         return out
 
@@ -121,17 +119,7 @@ class OdeCache:
         return {"dir": str(self.dir), "hits": self.hits, "built": self.built}
 
 
-def _checksum(arr: np.ndarray) -> str:
-    return hashlib.sha256(str(arr.shape).encode() + np.ascontiguousarray(arr, np.float64).tobytes()).hexdigest()
-
-
 def _read(path, shape) -> np.ndarray | None:
     """None when absent or damaged: a bad file is never trusted, it is rebuilt."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as z:
-            arr, check = np.asarray(z["ref"], np.float64), str(z["checksum"])
-    except Exception:
-        return None
-    return arr if arr.shape == shape and _checksum(arr) == check else None
+    arrays = read_checked(path, required=("ref",))
+    return arrays["ref"] if arrays is not None and arrays["ref"].shape == shape else None

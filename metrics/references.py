@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from common.errors import NfebenchError
-from common.files import atomic_write_bytes, npz_bytes
+from common.checked_npz import read_checked, write_checked
 
 from .features import file_sha256
 from .streaming import FeatureStream
@@ -169,29 +169,11 @@ def cached_stats(extractor, reference_id: str, images, cache: str | None, batch:
     return {**arrays, "n": m.n, "cache_file": str(path), "cache": "built"}
 
 
-def _checksum(arrays: dict) -> str:
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        h.update(k.encode() + np.ascontiguousarray(arrays[k]).tobytes())
-    return h.hexdigest()
-
-
 def _read_cache(path: Path) -> dict | None:
     """None when absent or unusable: a damaged file is rebuilt, never trusted."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as z:
-            arrays = {k: z[k] for k in z.files}
-        check = str(arrays.pop("checksum"))
-    except Exception:
-        return None
-    if _checksum(arrays) != check or "mu" not in arrays or "sigma" not in arrays:
-        return None
-    return {**arrays, "n": int(arrays["n"])}
+    arrays = read_checked(path, required=("mu", "sigma"))
+    return None if arrays is None else {**arrays, "n": int(arrays["n"])}
 
 
 def _write_cache(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # atomic: concurrent jobs see the old file or the whole new one
-    atomic_write_bytes(path, npz_bytes({**arrays, "checksum": np.asarray(_checksum(arrays))}))
+    write_checked(path, arrays)

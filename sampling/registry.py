@@ -24,6 +24,8 @@ class SolverSpec:
     describe: Callable | None = None  # (steps, **options) -> extra facts for the run record
     stochastic: bool = False
     final: Callable | None = None    # (model, x, t, **options) -> x0: the step to sigma = 0 (default: model(x, t))
+    # (ts, noise, dtype, **options) -> sampling.calibration.Need: the solver then gets ``calibration=`` arrays
+    calibration: Callable | None = None
 
     def min_nfe(self, **options) -> int:
         return self.cost(1, **options)
