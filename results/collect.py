@@ -496,7 +496,7 @@ def _writable(path: Path, what: str) -> None:
 
 
 def _check_macs(tables: list[Table]) -> None:
-    bare = [c for t in tables for r in t.rows.values() for c in r.cells.values() for rec in c.by_seed.values()
+    bare = [rec for t in tables for r in t.rows.values() for c in r.cells.values() for rec in c.by_seed.values()
             if "compute" not in rec]
     if bare:
         raise NfebenchError(f"--x macs: {len(bare)} record(s) carry no compute part (made before MACs were "
