@@ -5,6 +5,7 @@ import functools
 import pytest
 import torch
 
+from launch import calibration
 from launch.run import load_model, plan, sample_batches
 from models.counter import ComputeTally, CountedDenoiser, merge_compute
 from sampling.registry import SOLVERS, get_solver
@@ -18,17 +19,20 @@ def digits_unet():
     return cfg["model"], load_model(cfg)
 
 
-def run(model_cfg, model, solver, num_samples=2, batch_size=2):
+def run(model_cfg, model, solver, cache_dir, num_samples=2, batch_size=2):
     opts, schedule = solver_defaults(solver)
     nfe = max(6, get_solver(solver).min_nfe(**{k: v for k, v in opts.items() if k != "name"}))
     cfg = {"nfe": nfe, "num_samples": num_samples, "batch_size": batch_size, "seed": 0, "sample_offset": 0,
-           "t_end": None, "dtype": "float32", "model": model_cfg, "solver": dict(opts), "schedule": schedule}
-    return sample_batches(cfg, plan(cfg), model, torch.device("cpu"), lambda *a: None)
+           "t_end": None, "dtype": "float32", "model": model_cfg, "solver": dict(opts), "schedule": schedule,
+           "calibration": {"dir": str(cache_dir)}}
+    p, cpu = plan(cfg), torch.device("cpu")
+    calibrated, _ = calibration.prepare(cfg, p, model, cpu)  # a solver's calibration calls are not its samples' cost
+    return sample_batches(cfg, p, model, cpu, lambda *a: None, calibrated)
 
 
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
-def test_macs_are_nfe_times_macs_per_call_on_a_plain_network(solver):
-    stats = run(*digits_unet(), solver)
+def test_macs_are_nfe_times_macs_per_call_on_a_plain_network(solver, tmp_path, one_thread):
+    stats = run(*digits_unet(), solver, tmp_path)
     c = stats.compute
     (config,) = c["macs_per_call"]  # a plain network: one configuration, every call the same cost
     assert config["kind"] == "full" and config["shape"] == [2, 1, 8, 8] and config["calls"] == stats.counted
