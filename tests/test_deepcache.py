@@ -1,5 +1,4 @@
 """DeepCache (models/deepcache.py) as `model.deepcache` on diffusers UNet2DModels, on the committed digits_unet."""
-import io
 import json
 import math
 
@@ -12,6 +11,7 @@ from launch.run import load_model, plan, sample_batches
 from models.counter import CountedDenoiser
 from models.deepcache import full_calls
 from models.registry import build_model
+from results.collect import main as collect_main
 from common.errors import NfebenchError
 
 from helpers import compose_cfg, launch, run_module
@@ -139,7 +139,8 @@ def test_a_model_without_a_unet2dmodel_refuses_deepcache(tmp_path):
     assert not (tmp_path / "record.json").exists()
 
 
-def test_a_deepcache_sweep_records_its_macs_and_the_collector_tabulates_and_plots_them(tmp_path):
+@pytest.mark.slow
+def test_a_deepcache_sweep_records_its_macs_and_the_collector_tabulates_and_plots_them(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     r = launch("-m", "model=digits_unet", "solver=ddim", "nfe=6", "num_samples=8", "metrics=digits_fd",
                "model.deepcache=null,{interval:2,branch:0}", f"hydra.sweep.dir={sweep}")
@@ -153,16 +154,18 @@ def test_a_deepcache_sweep_records_its_macs_and_the_collector_tabulates_and_plot
     assert cached["compute"]["macs_per_sample"] == cached["compute"]["macs_total"] / 8
     assert {c["kind"]: c["calls"] for c in cached["compute"]["macs_per_call"]} == {"full": 3, "partial": 3}
 
-    r = run_module("results.collect", str(sweep), "--format", "csv", "--x", "macs", "--plot", str(tmp_path / "p.png"))
-    assert r.returncode == 0, r.stderr
-    table = pd.read_csv(io.StringIO(r.stdout))
+    csv = tmp_path / "t.csv"
+    assert collect_main([str(sweep), "--format", "csv", "--x", "macs", "--plot", str(tmp_path / "p.png"),
+                         "--out", str(csv)]) == 0
+    table = pd.read_csv(csv)
     assert sorted(table["macs_per_sample"]) == sorted(rec["compute"]["macs_per_sample"] for rec in (cached, plain))
     assert set(table["solver"]) == {"ddim", "ddim(model.deepcache.branch=0, model.deepcache.interval=2)"}
     assert (tmp_path / "p.png").stat().st_size > 0
-    r = run_module("results.collect", str(sweep), "--x", "macs")
-    assert r.returncode == 0 and " @ " in r.stdout and "deepcache" in r.stdout, r.stdout + r.stderr
-    r = run_module("results.collect", str(sweep), "--x", "flops")
-    assert r.returncode == 2 and r.stderr == "nfebench: error: unknown --x 'flops'; valid: nfe, macs\n"
+    assert collect_main([str(sweep), "--x", "macs"]) == 0
+    out, err = capsys.readouterr()
+    assert " @ " in out and "deepcache" in out, out + err
+    assert collect_main([str(sweep), "--x", "flops"]) == 2
+    assert capsys.readouterr().err == "nfebench: error: unknown --x 'flops'; valid: nfe, macs\n"
 
     # the leaderboard renderer: a MACs column, and the cached rows beside the plain ones in their own table
     out = tmp_path / "board"
