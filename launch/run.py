@@ -9,7 +9,7 @@ import inspect
 import io
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +19,7 @@ import torch
 
 from launch.samples import sample_writer
 from metrics.suites import FID_SUITES, build_metrics, metrics_config
-from models.counter import CountedDenoiser
+from models.counter import ComputeTally, CountedDenoiser
 from models.registry import build_model
 from models.thresholding import Thresholded
 from common.errors import NfebenchError
@@ -87,6 +87,7 @@ class SampleStats:
     model_s: float  # inside model calls
     sample_s: float  # the batch loop: RNG, solver, counter and model (not decoding, not metrics)
     decode_s: float  # latent models' decoder, after sampling (not an NFE)
+    compute: dict = field(default_factory=dict)  # MACs and seconds per call configuration (models/counter.py)
 
 
 def plan(cfg: dict) -> Plan:
@@ -212,7 +213,7 @@ def sample_batch(cfg: dict, p: Plan, model, idx, device, seeds=None, trace=False
         x = teleport.teleport(x_start, p.t_start, p.teleport.t, model.noise, calibrated[teleport.KIND])
     # Per-sample conditioning (class labels) depends on (seed, i) only; the counter binds it.
     cond = model.conditions(cfg["seed"], idx) if hasattr(model, "conditions") else None
-    counter = CountedDenoiser(model, budget=cfg["nfe"], cond=cond, trace=trace)
+    counter = CountedDenoiser(model, budget=cfg["nfe"], cond=cond, trace=trace, calls=p.cost)
     with torch.no_grad():
         x = p.spec.fn(counter, x, p.ts, model.noise, rng, **p.solver_opts, **extra)
         if p.final_x0:
@@ -227,7 +228,7 @@ def sample_batches(cfg: dict, p: Plan, model, device, on_batch, calibrated=None)
     Latent models' samples are decoded (model.decode) before on_batch; decoding is not an NFE.
     """
     first, n, bs = cfg["sample_offset"], cfg["num_samples"], cfg["batch_size"]
-    counted, evals = set(), set()
+    counted, evals, tally = set(), set(), ComputeTally()
     start = time.perf_counter()
     seeds = sample_seeds(cfg["seed"], range(first, first + n))  # one vectorised call for the whole run
     model_s, sample_s, decode_s = 0.0, time.perf_counter() - start, 0.0
@@ -242,6 +243,7 @@ def sample_batches(cfg: dict, p: Plan, model, device, on_batch, calibrated=None)
         sample_s += time.perf_counter() - start
         counted.add(counter.count)
         evals.add(counter.network_evals)
+        tally.add(counter)
         model_s += counter.seconds
         if hasattr(model, "decode"):
             start = time.perf_counter()
@@ -250,7 +252,7 @@ def sample_batches(cfg: dict, p: Plan, model, device, on_batch, calibrated=None)
         on_batch(x, x_start, idx)
     if len(counted) != 1:
         raise NfebenchError(f"solver spent a different number of model evaluations per batch: {sorted(counted)}")
-    return SampleStats(counted.pop(), max(evals), model_s, sample_s, decode_s)
+    return SampleStats(counted.pop(), max(evals), model_s, sample_s, decode_s, tally.record(n))
 
 
 def _png_grid(images: torch.Tensor) -> bytes:
@@ -366,6 +368,9 @@ def build_record(cfg: dict, p: Plan, model, device, stats: SampleStats, results:
                      "edm_sigma_grid": [float(s) for s in model.noise.edm_sigma(p.ts)]},
         "nfe": {"requested": cfg["nfe"], "counted": stats.counted, "network_evals": stats.network_evals,
                 **paper_count(cfg, p.steps + p.final_x0, stats.counted)},
+        # compute: multiply-accumulates per network configuration (DeepCache's partial calls are cheaper
+        # than full ones) and wall time per call, beside NFE
+        "compute": stats.compute,
         "metrics": results,
         "metrics_protocol": {**protocol, "denoise_to_zero": p.final_x0, "seed": cfg["seed"],
                              "index_range": [first, first + n], "save_samples": cfg.get("save_samples") or False},

@@ -8,12 +8,21 @@ per-sample conditioning (class labels) so that solvers keep calling `model(x, t)
 model. It does no finiteness work per call: the run checks each batch's final samples once, and a
 non-finite batch is replayed (samples depend only on (seed, i)) with ``trace=True``, which keeps
 one reduction per call to name the step where NaN/Inf first appeared.
+
+Compute beside NFE: a call's network configuration is (input shape, dtype, kind), where kind is
+"full" or a cheaper path the model names (DeepCache's "partial"). The first call of each configuration
+a model sees runs under torch's FlopCounterMode, and its multiply-accumulates (FLOPs / 2) are kept per
+model for every later counter; all other calls only bump a count and a clock, so the loop stays free of
+host syncs. What FlopCounterMode counts is matmul, convolution and attention (incl. the CPU attention
+kernel, registered below); elementwise work (norms, activations, the analytic models' broadcasts) is not.
 """
 from __future__ import annotations
 
 import time
+import weakref
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from common.errors import NfebenchError
 
@@ -22,8 +31,32 @@ class BudgetExceeded(NfebenchError):
     pass
 
 
+MAC_COUNTER = "torch.utils.flop_counter (matmul, convolution, attention; elementwise ops not counted); MACs = FLOPs / 2"
+_MACS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {config: MACs of one call}
+
+
+def _cpu_attention(q, k, v, *args, out_shape=None, **kwargs):
+    # torch counts the CUDA attention kernels but not the CPU one; same formula
+    return sdpa_flop_count(q, k, v)
+
+
+def count_macs(fn, *args) -> tuple:
+    """(fn(*args), multiply-accumulates it spent)."""
+    with FlopCounterMode(display=False, custom_mapping={
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention}) as flops:
+        out = fn(*args)
+    return out, flops.get_total_flops() // 2
+
+
+def config_name(config: tuple) -> str:
+    shape, dtype, kind = config
+    return f"{kind} {'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')}"
+
+
 class CountedDenoiser:
-    def __init__(self, model, budget: int | None, cond=None, trace: bool = False):
+    def __init__(self, model, budget: int | None, cond=None, trace: bool = False, calls: int | None = None):
+        """calls: how many calls this batch will make (the plan's cost), for models whose call schedule
+        depends on it (DeepCache); each counter starts the model's per-batch state afresh."""
         self.model = model
         self.budget = budget
         self.cond = cond
@@ -37,7 +70,16 @@ class CountedDenoiser:
         self.trace = trace
         self._sums: list[torch.Tensor] = []
         self._host_s = 0.0
-        self._events: list = []  # CUDA (start, end) pairs: read once, after the batch
+        self._events: list = []  # CUDA (config, start, end): read once, after the batch
+        self._by: dict = {}  # config -> [calls, seconds on the host (CPU), metered here]: one lookup a call
+        try:
+            self.macs_by = _MACS.setdefault(model, {})
+        except TypeError:  # a model that cannot be weakly referenced or hashed: counted per counter
+            self.macs_by = {}
+        self._kind = getattr(model, "next_call_kind", None)
+        start = getattr(model, "start_batch", None)
+        if start is not None:
+            start(calls)
 
     def __getattr__(self, name):
         # Solvers may read model attributes (noise schedule, shape); calls must come through here.
@@ -64,17 +106,29 @@ class CountedDenoiser:
     def _evaluate(self, x, t: float, cond):
         self.network_evals += getattr(self.model, "evals_per_call", 1)
         self.times.append(float(t))
-        if x.is_cuda:
+        config = (x.shape, x.dtype, self._kind(x) if self._kind else "full")
+        entry = self._by.get(config)
+        if entry is None:
+            entry = self._by[config] = [0, 0.0, config not in self.macs_by]
+        entry[0] += 1
+        args = (x, t, cond)
+        if entry[2] and entry[0] == 1:  # once per model and configuration; this call is not timed per config
+            start = time.perf_counter()
+            out, self.macs_by[config] = count_macs(self.model, *args)
+            self._host_s += time.perf_counter() - start
+        elif x.is_cuda:
             # events time the kernels on the stream without making the host wait for them
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            out = self.model(x, t, cond)
+            out = self.model(*args)
             end.record()
-            self._events.append((start, end))
+            self._events.append((config, start, end))
         else:
             start = time.perf_counter()
-            out = self.model(x, t, cond)
-            self._host_s += time.perf_counter() - start
+            out = self.model(*args)
+            elapsed = time.perf_counter() - start
+            self._host_s += elapsed
+            entry[1] += elapsed
         if self.trace:
             self._sums.append(x.sum() + out.sum())
         return out
@@ -82,9 +136,34 @@ class CountedDenoiser:
     @property
     def seconds(self) -> float:
         """Time inside model calls (on CUDA this waits for the last call to finish: read it after sampling)."""
+        return self._host_s + sum(self._device_by().values())
+
+    def _device_by(self) -> dict:
+        out: dict = {}
         if self._events:
-            self._events[-1][1].synchronize()
-        return self._host_s + sum(s.elapsed_time(e) for s, e in self._events) / 1000
+            self._events[-1][2].synchronize()
+        for config, s, e in self._events:
+            out[config] = out.get(config, 0.0) + s.elapsed_time(e) / 1000
+        return out
+
+    @property
+    def calls_by(self) -> dict:
+        """config (input shape, dtype, kind) -> calls."""
+        return {c: e[0] for c, e in self._by.items()}
+
+    def seconds_by(self) -> dict:
+        """config -> seconds inside its timed calls (the metered first call of a configuration is not timed)."""
+        out = self._device_by()
+        return {c: out.get(c, 0.0) + e[1] for c, e in self._by.items()}
+
+    def timed_calls(self, config) -> int:
+        calls, _, metered = self._by.get(config, (0, 0.0, False))
+        return calls - bool(metered)
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of this counter's calls."""
+        return sum(n * self.macs_by[c] for c, n in self.calls_by.items())
 
     def first_nonfinite_call(self) -> int | None:
         """1-based index of the first call whose input or output was NaN/Inf (host sync: call after sampling)."""
@@ -94,3 +173,50 @@ class CountedDenoiser:
             return None
         flags = torch.isfinite(torch.stack(self._sums)).cpu().tolist()
         return next((i + 1 for i, ok in enumerate(flags) if not ok), None)
+
+
+class ComputeTally:
+    """A run's compute over its batches' counters: calls, MACs and seconds per network configuration."""
+
+    def __init__(self):
+        self.calls: dict = {}
+        self.timed: dict = {}
+        self.seconds: dict = {}
+        self.macs: dict = {}
+
+    def add(self, counter: CountedDenoiser) -> None:
+        seconds = counter.seconds_by()
+        for config, n in counter.calls_by.items():
+            self.calls[config] = self.calls.get(config, 0) + n
+            self.timed[config] = self.timed.get(config, 0) + counter.timed_calls(config)
+            self.seconds[config] = self.seconds.get(config, 0.0) + seconds.get(config, 0.0)
+            self.macs[config] = counter.macs_by[config]
+
+    def record(self, num_samples: int) -> dict:
+        total = sum(n * self.macs[c] for c, n in self.calls.items())
+        timed = sum(self.timed.values())
+        configs = [{"config": config_name(c), "kind": c[2], "shape": list(c[0]), "dtype": str(c[1]).replace("torch.", ""),
+                    "calls": n, "macs_per_call": self.macs[c], "timed_calls": self.timed[c],
+                    "seconds_per_call": self.seconds[c] / self.timed[c] if self.timed[c] else None}
+                   for c, n in sorted(self.calls.items(), key=lambda kv: config_name(kv[0]))]
+        return {"macs_total": total, "macs_per_sample": total / num_samples, "macs_per_call": configs,
+                "seconds_per_call": sum(self.seconds.values()) / timed if timed else None,
+                "timed_calls": timed, "macs_counter": MAC_COUNTER}
+
+
+def merge_compute(parts: list[dict], num_samples: int) -> dict:
+    """The compute record of shards run apart (results/merge.py): calls and MACs add, times pool."""
+    configs: dict = {}
+    for part in parts:
+        for c in part["macs_per_call"]:
+            seen = configs.setdefault(c["config"], {**c, "calls": 0, "timed_calls": 0, "_s": 0.0})
+            seen["calls"] += c["calls"]
+            seen["timed_calls"] += c["timed_calls"]
+            seen["_s"] += (c["seconds_per_call"] or 0.0) * c["timed_calls"]
+    total = sum(p["macs_total"] for p in parts)
+    timed = sum(c["timed_calls"] for c in configs.values())
+    merged = [{**{k: v for k, v in c.items() if k != "_s"},
+               "seconds_per_call": c["_s"] / c["timed_calls"] if c["timed_calls"] else None} for c in configs.values()]
+    return {**parts[0], "macs_total": total, "macs_per_sample": total / num_samples, "macs_per_call": merged,
+            "seconds_per_call": sum(c["_s"] for c in configs.values()) / timed if timed else None,
+            "timed_calls": timed}

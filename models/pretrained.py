@@ -96,10 +96,30 @@ class NetworkDenoiser(Denoiser):
 
 
 class UNetDenoiser(NetworkDenoiser):
-    """Pixel space: the sample is the image."""
+    """Pixel space: the sample is the image. `model.deepcache` caches its deep features (models/deepcache.py)."""
+
+    deepcache = None
+
+    def use_deepcache(self, opts: dict) -> None:
+        from .deepcache import DeepCache
+
+        self.deepcache = DeepCache(self.net, **opts)
+
+    def start_batch(self, calls: int | None) -> None:
+        # the NFE counter of each batch calls this: no cached feature outlives its batch
+        if self.deepcache is not None:
+            self.deepcache.start(calls)
+
+    def next_call_kind(self, x) -> str:
+        return "full" if self.deepcache is None else self.deepcache.kind(x)
 
     def forward(self, x, timesteps, cond):
+        if self.deepcache is not None:
+            return self.deepcache(x, timesteps)
         return self.net(x, timesteps).sample
+
+    def describe(self) -> dict:
+        return {**super().describe(), **({"deepcache": self.deepcache.describe()} if self.deepcache else {})}
 
 
 class LatentMixin:

@@ -5,6 +5,8 @@ from common.errors import NfebenchError
 from common.registry import Registry
 from sampling.schedules import make_noise_schedule
 
+from .deepcache import deepcache_options
+
 FAMILIES = Registry("model family")
 
 
@@ -50,8 +52,12 @@ def build_model(cfg: dict):
     for key in NOT_BUILD_KEYS:
         cfg.pop(key, None)
     builder = FAMILIES.get(family)
+    deepcache = deepcache_options(cfg.pop("deepcache", None), family)  # checked before anything loads
     noise = make_noise_schedule(**dict(cfg.pop("noise_schedule")))
     try:
-        return builder(noise, **cfg)
+        model = builder(noise, **cfg)
     except TypeError as e:
         raise NfebenchError(f"bad options for model family '{family}': {e}") from None
+    if deepcache:
+        model.use_deepcache(deepcache)
+    return model

@@ -1,13 +1,15 @@
 """Paper tables from run records: metrics side by side, solvers as rows, NFE as columns.
 
     python -m results.collect <dir> [--metric fid,is] [--compare published] [--format md|csv|tex]
-                              [--plot FILE.png|FILE.svg] [--strict] [--out FILE]
+                              [--plot FILE.png|FILE.svg] [--x nfe|macs] [--strict] [--out FILE]
 
 One table per model (and metric protocol); rows are solvers labelled with the options that differ
 from their defaults; columns are requested NFE, and a cell whose counted NFE differs shows both.
 Merged shards replace their shards, repeated seeds collapse into mean ± std. `--compare published`
 puts results/data/published_fid.csv beside each cell (ours / published (difference)), marks protocol
-differences with footnotes and lists the published rows no run answers.
+differences with footnotes and lists the published rows no run answers. `--x macs` measures cost in
+multiply-accumulates per sample (the record's compute.macs_per_sample) instead of NFE: the plot's x axis,
+and each table cell says what it cost ("@ 5.05M"); the CSV always carries macs_per_sample.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from . import published as pub
 from .settings import flatten, fmt, label, run_settings, setup_part, solver_part
 
 FORMATS = ("md", "csv", "tex")
+X_AXES = ("nfe", "macs")
 PLOT_SUFFIXES = (".png", ".svg")
 METRIC_ALIASES = {"is": "inception_score", "IS": "inception_score", "FID": "fid"}
 DISPLAY = {"fid": "FID", "inception_score": "IS", "kid_mean": "KID", "precision": "Prec.", "recall": "Rec."}
@@ -117,8 +120,13 @@ def protocol_text(protocol: dict) -> str:
 class Cell:
     requested: int
     counted: set = field(default_factory=set)
+    macs: set = field(default_factory=set)         # MACs per sample (records without a compute part: none)
     by_seed: dict = field(default_factory=dict)   # seed -> record
     published: dict = field(default_factory=dict)  # metric -> (csv row, [mark texts])
+
+    @property
+    def macs_per_sample(self) -> float | None:
+        return max(self.macs) if self.macs else None
 
     def values(self, metric: str) -> list[float]:
         return [r["metrics"][metric] for _, r in sorted(self.by_seed.items()) if metric in r["metrics"]]
@@ -184,6 +192,8 @@ def build_tables(recs: list[dict]) -> list[Table]:
             continue  # the same samples run twice (another batch size or device): one measurement
         cell.by_seed[seed] = rec
         cell.counted.add(rec["nfe"]["counted"])
+        if "compute" in rec:
+            cell.macs.add(rec["compute"]["macs_per_sample"])
         for m in rec["metrics"]:
             if m not in table.metrics:
                 table.metrics.append(m)
@@ -331,7 +341,17 @@ def stats(values: list[float]) -> tuple[float, float | None]:
     return float(s.mean()), (float(s.std(ddof=1)) if len(s) > 1 else None)
 
 
-def cell_text(cell: Cell, metric: str, tex: bool, letters: dict) -> str:
+def macs_text(v: float | None) -> str:
+    """Multiply-accumulates as 4 significant digits with a k/M/G/T suffix."""
+    if v is None:
+        return "?"
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= scale:
+            return f"{v / scale:.4g}{suffix}"
+    return f"{v:.4g}"
+
+
+def cell_text(cell: Cell, metric: str, tex: bool, letters: dict, x: str = "nfe") -> str:
     vals = cell.values(metric)
     if not vals:
         return ""
@@ -341,6 +361,8 @@ def cell_text(cell: Cell, metric: str, tex: bool, letters: dict) -> str:
     counted = max(cell.counted)
     if counted != cell.requested:
         text += f" (counted {counted})"
+    if x == "macs":
+        text += f" @ {macs_text(cell.macs_per_sample)}"
     if metric in cell.published:
         p, marks = cell.published[metric]
         diff = mean - float(p["value"])
@@ -352,11 +374,11 @@ def cell_text(cell: Cell, metric: str, tex: bool, letters: dict) -> str:
     return text
 
 
-def display_frame(t: Table, metrics: list[str], tex: bool, letters: dict) -> pd.DataFrame:
+def display_frame(t: Table, metrics: list[str], tex: bool, letters: dict, x: str = "nfe") -> pd.DataFrame:
     ms = [m for m in metrics if m in t.metrics]
     name = lambda m: tex_escape(DISPLAY.get(m, m)) if tex else DISPLAY.get(m, m)  # noqa: E731
     cols = pd.MultiIndex.from_tuples([(name(m), n) for m in ms for n in t.nfes], names=["metric", "NFE"])
-    data = [[cell_text(r.cells[n], m, tex, letters) if n in r.cells else "" for m in ms for n in t.nfes]
+    data = [[cell_text(r.cells[n], m, tex, letters, x) if n in r.cells else "" for m in ms for n in t.nfes]
             for r in t.rows.values()]
     index = pd.Index([tex_escape(k) if tex else k for k in t.rows], name="solver")
     return pd.DataFrame(data, index=index, columns=cols)
@@ -384,14 +406,15 @@ def tidy_frame(tables: list[Table], metrics: list[str]) -> pd.DataFrame:
                     mean, std = stats(vals)
                     p, marks = cell.published.get(m, (None, []))
                     rows.append({**base, "solver": lbl, "metric": m, "nfe": n, "nfe_counted": max(cell.counted),
-                                 "value": rnd(m, mean), "std": rnd(m, std) if std is not None else None,
+                                 "macs_per_sample": cell.macs_per_sample, "value": rnd(m, mean), "std": rnd(m, std) if std is not None else None,
                                  "seeds": len(vals), "published": None if p is None else float(p["value"]),
                                  "difference": None if p is None else rnd(m, mean - float(p["value"])),
                                  "marks": " | ".join(marks), "published_solver": None if p is None else p["solver"],
                                  "published_source": None if p is None else f"{p['source']} {p['table']}"})
         for p, lbl in t.unmatched:
             m = pub.metric_key(p["metric"])
-            rows.append({**base, "solver": lbl, "metric": m, "nfe": int(p["nfe"]), "nfe_counted": None, "value": None,
+            rows.append({**base, "solver": lbl, "metric": m, "nfe": int(p["nfe"]), "nfe_counted": None,
+                         "macs_per_sample": None, "value": None,
                          "std": None, "seeds": 0, "published": float(p["value"]), "difference": None,
                          "marks": "published row with no run here", "published_solver": p["solver"],
                          "published_source": f"{p['source']} {p['table']}"})
@@ -417,21 +440,21 @@ def tex_escape(s: str) -> str:
     return s
 
 
-def render(tables: list[Table], metrics: list[str], fmt_name: str) -> str:
+def render(tables: list[Table], metrics: list[str], fmt_name: str, x: str = "nfe") -> str:
     if fmt_name == "csv":
         return tidy_frame(tables, metrics).to_csv(index=False)
     out = []
     for t in tables:
         letters: dict = {}
         if fmt_name == "md":
-            out.append(f"### {t.title}\n\n" + md_table(display_frame(t, metrics, False, letters)))
+            out.append(f"### {t.title}\n\n" + md_table(display_frame(t, metrics, False, letters, x)))
             out += [f"\n[{k}] {m}" for m, k in letters.items()]
             if t.unmatched:
                 out.append(f"\n\nPublished rows with no run here ({len(t.unmatched)}):\n\n"
                            + md_table(unmatched_frame(t), index=False))
             out.append("\n\n")
         else:
-            df = display_frame(t, metrics, True, letters)
+            df = display_frame(t, metrics, True, letters, x)
             notes = "".join(rf"\textsuperscript{{{k}}}~{tex_escape(m)}. " for m, k in letters.items())
             out.append(df.to_latex(escape=False, multicolumn=True, multicolumn_format="c",
                                    column_format="l" + "r" * len(df.columns),
@@ -472,6 +495,14 @@ def _writable(path: Path, what: str) -> None:
         raise NfebenchError(f"cannot write {what} {path}: folder {parent} is not writable")
 
 
+def _check_macs(tables: list[Table]) -> None:
+    bare = [rec for t in tables for r in t.rows.values() for c in r.cells.values() for rec in c.by_seed.values()
+            if "compute" not in rec]
+    if bare:
+        raise NfebenchError(f"--x macs: {len(bare)} record(s) carry no compute part (made before MACs were "
+                            f"recorded), e.g. {bare[0]['_path']}; rerun them or use --x nfe")
+
+
 def main(argv=None) -> int:
     p = _Parser(prog="python -m results.collect", description=__doc__.splitlines()[0])
     p.add_argument("root", type=Path, help="a sweep (or runs, or merged) directory holding record.json files")
@@ -479,11 +510,14 @@ def main(argv=None) -> int:
     p.add_argument("--compare", default=None, help="'published': beside results/data/published_fid.csv")
     p.add_argument("--format", default="md", help="md (default), csv or tex")
     p.add_argument("--plot", type=Path, default=None, help="also draw metric vs counted NFE to FILE.png or FILE.svg")
+    p.add_argument("--x", default="nfe", help="cost axis: nfe (counted model evaluations, default) or macs "
+                                              "(multiply-accumulates per sample)")
     p.add_argument("--strict", action="store_true", help="a damaged record is an error, not a skipped warning")
     p.add_argument("--out", type=Path, default=None, help="write the table to FILE (atomically) instead of stdout")
     try:
         args = p.parse_args(argv)
         check_choice("--format", args.format, FORMATS)
+        check_choice("--x", args.x, X_AXES)
         if args.compare is not None:
             check_choice("--compare", args.compare, ["published"])
         if args.plot is not None:
@@ -493,12 +527,14 @@ def main(argv=None) -> int:
         if args.out is not None:
             _writable(args.out, "table")
         tables, metrics = load_tables(args.root, args.metric, args.compare, args.strict)
-        text = render(tables, metrics, args.format)
+        if args.x == "macs":
+            _check_macs(tables)
+        text = render(tables, metrics, args.format, args.x)
         image = None
         if args.plot is not None:
             from .plot import plot_bytes
 
-            image = plot_bytes(tables, metrics, args.plot.suffix.lower().lstrip("."))
+            image = plot_bytes(tables, metrics, args.plot.suffix.lower().lstrip("."), args.x)
         # everything is rendered before anything is written: a failure leaves no partial output
         if image is not None:
             atomic_write_bytes(args.plot, image)

@@ -44,6 +44,10 @@ TABLES = [
     ("digits_unet", "fd_digits", "Fréchet distance to the 1797 digits (pixel space)"),
 ]
 SIGNIFICANT = 4
+# Quality against compute: (model, metric); its DeepCache runs (model.deepcache) are recorded under
+# "<model>+deepcache" and shown beside the plain runs at the same NFE, with MACs per sample.
+COMPUTE_TABLES = [("digits_unet", "fd_digits")]
+CACHED = "+deepcache"
 
 
 def rounded(v: float) -> str:
@@ -77,12 +81,17 @@ def records_frame(sweep_dir: Path) -> pd.DataFrame:
         raise NfebenchError(f"no complete run records under {sweep_dir}")
     rows = []
     for r in recs:
+        cache = r["model"].get("deepcache")
+        solver = solver_label(r["solver"]["name"], r["solver"]["options"]) + teleport_label(r)
+        if cache:
+            shown = [k for k in ("interval", "branch", "skip_type", "pow") if k in cache and cache[k] != "uniform"]
+            solver += CACHED + "(" + ",".join(f"{k}={cache[k]}" for k in shown) + ")"
+        macs = (r.get("compute") or {}).get("macs_per_sample")
         for metric, value in r["metrics"].items():
-            rows.append({"model": r["model"]["name"], "metric": metric,
-                         "solver": solver_label(r["solver"]["name"], r["solver"]["options"]) + teleport_label(r),
+            rows.append({"model": r["model"]["name"] + (CACHED if cache else ""), "metric": metric, "solver": solver,
                          "nfe": int(r["nfe"]["requested"]), "counted_nfe": int(r["nfe"]["counted"]),
                          "value": rounded(value), "num_samples": int(r["samples"]["num_samples"]),
-                         "seed": int(r["samples"]["seed"])})
+                         "seed": int(r["samples"]["seed"]), "macs_per_sample": "" if macs is None else str(round(macs))})
     df = pd.DataFrame(rows)
     dup = df.duplicated(["model", "metric", "solver", "nfe"])
     if dup.any():
@@ -125,6 +134,26 @@ def markdown_table(sub: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compute_table(df: pd.DataFrame, model: str, metric: str) -> str:
+    """The cached runs beside the plain ones at their NFEs: value and MACs per sample, NFE by NFE."""
+    cached = df[(df["model"] == model + CACHED) & (df["metric"] == metric)]
+    nfes = set(cached["nfe"])
+    plain = df[(df["model"] == model) & (df["metric"] == metric) & df["nfe"].isin(nfes)
+               & df["solver"].isin({s.split(CACHED)[0] for s in cached["solver"]})]
+    lines = ["| solver | NFE | MACs per sample | value |", "|---|---:|---:|---:|"]
+    for r in pd.concat([plain, cached]).sort_values(["nfe", "solver"]).itertuples():
+        macs = _macs_text(float(r.macs_per_sample)) if r.macs_per_sample != "" else ""
+        lines.append(f"| {r.solver} | {r.nfe}{f' ({r.counted_nfe})' if r.counted_nfe != r.nfe else ''} | {macs} | "
+                     f"{r.value} |")
+    return "\n".join(lines) + "\n"
+
+
+def _macs_text(v: float) -> str:
+    from .collect import macs_text
+
+    return macs_text(v)
+
+
 def plots(sweep_dir: Path, out: Path, metrics: list[str]) -> None:
     """metric vs counted NFE, one figure per metric (a panel per model), drawn by the collector's CLI."""
     from . import collect
@@ -165,8 +194,16 @@ def render(sweep_dir: Path, out: Path) -> pd.DataFrame:
             continue
         text += [f"## `{model}`: `{metric}`", "", what + ".", "", markdown_table(sub),
                  f"![{metric} vs counted NFE]({metric}.png) ([SVG]({metric}.svg))", ""]
+    for model, metric in COMPUTE_TABLES:
+        if not df[(df["model"] == model + CACHED) & (df["metric"] == metric)].empty:
+            text += [f"## `{model}` with DeepCache: `{metric}` against MACs", "",
+                     "DeepCache (`model.deepcache`) still spends one NFE per call but most calls run only the shallow "
+                     "layers: the cost that differs is multiply-accumulates per sample (the record's "
+                     "`compute.macs_per_sample`, counted by torch's FlopCounterMode). Plain runs of the same solvers "
+                     "at the same NFE for comparison.", "", compute_table(df, model, metric)]
     plots(sweep_dir, out, [m for m in dict.fromkeys(t[1] for t in TABLES) if m in set(df["metric"])])
-    csv = df[["model", "metric", "solver", "nfe", "counted_nfe", "value", "rank", "num_samples", "seed"]]
+    csv = df[["model", "metric", "solver", "nfe", "counted_nfe", "value", "rank", "num_samples", "seed",
+              "macs_per_sample"]]
     atomic_write_bytes(out / "leaderboard.csv", csv.to_csv(index=False, lineterminator="\n").encode())
     atomic_write_bytes(out / "README.md", "\n".join(text).encode())
     return df

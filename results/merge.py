@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from launch.cli import report
+from models.counter import merge_compute
 from launch.records import RECORD_NAME, STATE_NAME, config_hash, load_record, read_records
 from common.files import atomic_write_bytes, atomic_write_json, npz_bytes
 from common.errors import NfebenchError
@@ -84,6 +85,8 @@ def merge_group(shards: list[dict]) -> tuple[dict, dict]:
               "metrics_protocol": protocol,
               "samples": {**first["samples"], "num_samples": hi - lo, "index_range": [lo, hi]},
               "timing": {**timing, "summed_over_shards": True},
+              **({"compute": merge_compute([r["compute"] for r in shards], hi - lo)}
+                 if all("compute" in r for r in shards) else {}),
               "shards": [{"path": r["_path"], "index_range": r["samples"]["index_range"],
                           "config_hash": r["config_hash"]} for r in shards]}
     return record, suite.state()

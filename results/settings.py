@@ -95,9 +95,11 @@ def settings(cfg: dict) -> dict:
 def run_settings(cfg: dict) -> tuple[dict, dict]:
     """(row settings, model settings) of a run. A changed noise schedule re-parametrises the time of the same
     network (diff-sampler's DEIS grid on a VP fit of an EDM model), so it belongs to the row's set-up as
-    'model.noise_schedule.<key>', not to the model's identity: the run stays in its checkpoint's table."""
+    'model.noise_schedule.<key>', not to the model's identity: the run stays in its checkpoint's table.
+    So does model.deepcache.<key>."""
     mdiff, diff = model_settings(cfg["model"]), settings(cfg)
-    for k in [k for k in mdiff if k.startswith("noise_schedule.")]:
+    # DeepCache caches features of the same network while it samples: a row's set-up too
+    for k in [k for k in mdiff if k.startswith(("noise_schedule.", "deepcache"))]:
         diff[f"model.{k}"] = mdiff.pop(k)
     return diff, mdiff
 

@@ -382,3 +382,19 @@ def test_every_entry_of_the_published_map_names_real_csv_rows_and_composes():
         cfg = compose(tuple(entry["overrides"]))
         assert cfg is not None and cfg["solver"]["name"] == entry["overrides"][0].split("=")[1], entry
     assert set(data["metrics"]) == set(csv.metric)
+
+
+def test_x_macs_puts_macs_per_sample_in_cells_csv_and_plot_and_refuses_records_without_them(tmp_path, capsys):
+    for nfe, macs in ((4, 2.5e6), (8, 5e6)):
+        record(tmp_path, f"r{nfe}", nfe=nfe, compute={"macs_per_sample": macs, "macs_total": 10 * macs})
+    rc, out, err = collect(capsys, tmp_path, "--metric", "fd_pixel", "--x", "macs")
+    assert rc == 0, err
+    assert md_rows(out)["ddim"] == ["1 @ 2.5M", "1 @ 5M"], out
+    rc, out, err = collect(capsys, tmp_path, "--metric", "fd_pixel", "--format", "csv")
+    assert rc == 0 and list(pd.read_csv(io.StringIO(out))["macs_per_sample"]) == [2.5e6, 5e6]
+    rc, out, err = collect(capsys, tmp_path, "--x", "macs", "--plot", tmp_path / "m.svg", "--out", tmp_path / "t.md")
+    assert rc == 0 and b"MACs per sample" in (tmp_path / "m.svg").read_bytes()
+    record(tmp_path, "old", nfe=6)  # made before records carried compute
+    rc, out, err = collect(capsys, tmp_path, "--x", "macs")
+    assert one_error_line(rc, err).startswith("nfebench: error: --x macs: 1 record(s) carry no compute part")
+    assert collect(capsys, tmp_path)[0] == 0  # the NFE axis still takes them

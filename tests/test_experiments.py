@@ -132,9 +132,9 @@ def test_leaderboard_plans_every_solver_and_the_readme_variants_on_three_models(
         for order in (2, 3):
             assert ("unipc", order, variant, None, None) in variants
     assert ("ddim", None, None, 1.0, None) in variants and ("heun", None, None, None, "edm") in variants
-    by_model = {}
+    by_model, cached = {}, []
     for p in planned:
-        by_model.setdefault(p["model"], []).append(p)
+        (cached if p["config"]["model"].get("deepcache") else by_model.setdefault(p["model"], [])).append(p)
     # the same solver grid on each model, but for solvers that need a model method only the analytic models
     # have (dlg's exact noise-level posterior, declared as model_needs): those run on gaussian and digits only
     needy = {name for name in SOLVERS if get_solver(name).model_needs}
@@ -143,6 +143,9 @@ def test_leaderboard_plans_every_solver_and_the_readme_variants_on_three_models(
                        for p in v if p["solver"] not in needy) for m, v in by_model.items()}
     assert grids["gaussian"] == grids["digits"] == grids["digits_unet"]
     assert {p["model"] for p in planned if p["solver"] in needy} == {"gaussian", "digits"}
+    # DeepCache rows (a UNet2DModel option) on digits_unet only, each launched once
+    assert cached and {p["model"] for p in cached} == {"digits_unet"}
+    assert len({(tuple(p["overrides"]), p["nfe"]) for p in cached}) == len(cached)
     assert all(p["paper"]["convention"] == "nfe" and p["paper"]["value"] == p["counted"] for p in planned)
 
 

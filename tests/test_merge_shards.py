@@ -29,6 +29,9 @@ def test_merged_shards_equal_the_single_pass(tmp_path):
     assert [s["index_range"] for s in merged["shards"]] == [[0, 20], [20, 40], [40, 60]]
     assert merged["nfe"] == ref["nfe"] and merged["metrics_protocol"] == ref["metrics_protocol"]
     assert merged["samples"] == ref["samples"] and merged["schedule"] == ref["schedule"]
+    # batches of 16+4 per shard against 16,16,16,12: other call shapes, the same multiply-accumulates
+    assert merged["compute"]["macs_total"] == ref["compute"]["macs_total"] > 0
+    assert merged["compute"]["macs_per_sample"] == ref["compute"]["macs_per_sample"]
     # the exact metrics' statistics merge exactly; fd_pixel goes through a matrix square root of
     # a rank-deficient covariance (60 samples, 192 dims), which amplifies last-bit differences
     assert merged["metrics"]["ode_rmse"] == pytest.approx(ref["metrics"]["ode_rmse"], rel=1e-12)
