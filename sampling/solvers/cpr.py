@@ -29,7 +29,8 @@ def predict(coeffs, steps: int, guidance: float = 0.0, dc_order: int = 2) -> np.
 def _lstsq_poly(x, y, degree: int) -> np.ndarray:
     """Least-squares polynomial (lowest power first, minimum norm when underdetermined) of y over x, per column."""
     V = np.vander(np.asarray(x, dtype=np.float64), degree + 1, increasing=True)
-    return np.linalg.lstsq(V, np.asarray(y, dtype=np.float64), rcond=None)[0]
+    y = np.asarray(y, dtype=np.float64)
+    return np.linalg.lstsq(V, y.reshape(len(y), -1), rcond=None)[0].reshape(degree + 1, *y.shape[1:])
 
 
 def _quadratic_across(x, y) -> np.ndarray:
