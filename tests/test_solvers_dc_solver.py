@@ -138,7 +138,7 @@ def test_calibrate_only_then_cache_hit_then_require_without_cache(tmp_path):
     ("solver.lr=-1", "solver.lr must be a number > 0; got -1"),
     ("solver.reference=close", "unknown dc_solver reference 'close'"),
     ("solver.rho_source=predict solver.cpr_nfes=[5]", "solver.rho_source=predict needs solver.cpr_nfes"),
-    ("solver.rho_source=predict schedule=logsnr", "dc_solver rho_source=predict regresses over solver.cpr_grid"),
+    ("solver.rho_source=predict solver.cpr_nfes=[4,6] schedule=logsnr", "dc_solver rho_source=predict regresses over solver.cpr_grid"),
 ])
 def test_bad_options_fail_in_one_line(tmp_path, override, message):
     r = launch("model=gaussian", "solver=dc_solver", "nfe=6", *override.split(), f"hydra.run.dir={tmp_path / 'run'}")
