@@ -123,6 +123,8 @@ def fit_ratios(model, device, ts, noise, dtype, order, variant, lower_order_fina
     t, keep, pred, corr = plan(noise, ts, order, variant, lower_order_final)
     z = torch.randn((n_noises, *model.shape), generator=torch.Generator().manual_seed(fit_seed), dtype=dtype)
     x_start = float(noise.sigma(ts[0])) * z.to(device)
+    if hasattr(model, "conditions") and model.cond is None:  # class-conditional: the fit noises get labels too
+        model.cond = model.conditions(fit_seed, range(n_noises))
     rhos = []
 
     def compensate(k, x, history):
