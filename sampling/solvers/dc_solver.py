@@ -91,6 +91,8 @@ def _describe(steps, order=3, variant="bh1", lower_order_final="always", correct
 def _ratios(calibration, rho_source, steps, dc_order):
     if rho_source == "ones":
         return [1.0] * steps
+    if calibration is None:
+        raise NfebenchError(f"dc_solver rho_source={rho_source} needs its calibration arrays (launch.py computes them)")
     if rho_source == "predict":
         return cpr.predict(calibration["cpr_coeffs"], steps, dc_order=dc_order).tolist()
     rho = calibration["rho"].tolist()
