@@ -46,6 +46,7 @@ def test_all_ratios_one_is_unipc_bit_for_bit(opts):
         assert not torch.equal(moved, ref)
 
 
+@pytest.mark.slow  # launch.py runs (a few seconds each on an idle machine)
 def test_ratio_one_through_launch_is_unipc(tmp_path):
     recs, samples = {}, {}
     for name, extra in (("unipc", []), ("dc_solver", ["solver.rho_source=ones"])):
@@ -107,6 +108,7 @@ def _record(path):
     return json.loads((path / "record.json").read_text())
 
 
+@pytest.mark.slow  # launch.py runs (a few seconds each on an idle machine)
 def test_calibrate_only_then_cache_hit_then_require_without_cache(tmp_path):
     common = ["model=gaussian", "solver=dc_solver", "nfe=5", "num_samples=16", *CHEAP]
     r = launch(*common, "calibrate_only=true", f"calibration.dir={tmp_path / 'cal'}", f"hydra.run.dir={tmp_path / 'a'}")
@@ -133,10 +135,8 @@ def test_calibrate_only_then_cache_hit_then_require_without_cache(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("solver.rho_source=guess", "unknown dc_solver rho_source 'guess'; valid: fit, predict, ones"),
     ("solver.dc_order=4", "solver.dc_order must be 1, 2 or 3"),
-    ("solver.dc_order=0", "solver.dc_order must be an integer >= 1; got 0"),
     ("solver.iterations=0", "solver.iterations must be an integer >= 1; got 0"),
     ("solver.lr=-1", "solver.lr must be a number > 0; got -1"),
-    ("solver.reference=close", "unknown dc_solver reference 'close'"),
     ("solver.rho_source=predict solver.cpr_nfes=[5]", "solver.rho_source=predict needs solver.cpr_nfes"),
     ("solver.rho_source=predict solver.cpr_nfes=[4,6] schedule=logsnr", "dc_solver rho_source=predict regresses over solver.cpr_grid"),
 ])
@@ -169,6 +169,7 @@ def test_cascade_fit_recovers_a_cascade_polynomial():
     np.testing.assert_allclose(cpr.predict(one_scale, 9, 0.0), cpr.predict(truth, 9, 5.0), rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.slow  # launch.py runs (a few seconds each on an idle machine)
 def test_predicted_ratios_serve_unseen_nfe_from_one_calibration(tmp_path):
     common = ["model=gaussian", "solver=dc_solver", "solver.rho_source=predict", "solver.cpr_nfes=[4,5,6]",
               "num_samples=16", f"calibration.dir={tmp_path / 'cal'}", *CHEAP]
