@@ -71,15 +71,19 @@ def lagrange_weights(st: Step, nodes) -> list[float]:
     nodes are fractions of h (0 is the step start; past points are negative). This is DEIS's
     polynomial extrapolation (in lambda = -log rho) and the linear stages of DPM-Solver-3.
     """
-    nodes = np.asarray(nodes, dtype=np.float64)
     # moments int_0^1 e^{z(1-v)} v^k dv = k! phi_{k+1}(z), times h for du = h dv
     moments = np.array([st.h * math.factorial(k) * phi(k + 1, st.z) for k in range(len(nodes))])
-    w = []
+    return [st.scale * float(coeffs @ moments) for coeffs in lagrange_basis(nodes)]
+
+
+def lagrange_basis(nodes) -> list[np.ndarray]:
+    """Coefficients of the Lagrange basis polynomials ell_j(v) on the nodes, lowest degree first."""
+    nodes = np.asarray(nodes, dtype=np.float64)
+    basis = []
     for j, nj in enumerate(nodes):
         others = np.delete(nodes, j)
-        coeffs = np.atleast_1d(np.poly(others))[::-1] / np.prod(nj - others)  # ell_j(v), lowest degree first
-        w.append(st.scale * float(coeffs @ moments))
-    return w
+        basis.append(np.atleast_1d(np.poly(others))[::-1] / np.prod(nj - others))
+    return basis
 
 
 def predict(form: str, model, x, t: float, alpha: float, sigma: float):
