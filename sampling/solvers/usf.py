@@ -85,13 +85,15 @@ def _entry(k: int, steps: int, entry, default: dict) -> StepPlan:
     return StepPlan(family, order, e["corrector"], e["prediction"], relaxation)
 
 
-def step_plans(steps: int, plan=(), family="taylor", order=2, prediction="data", corrector=True,
+def step_plans(steps: int, plan=None, family="taylor", order=2, prediction="data", corrector=True,
                relaxation=0.0, lower_order_final="always") -> tuple[StepPlan, ...]:
     """The plan of every step: ``plan`` as given (one entry per step; missing keys take the solver-level
     values), or, when empty, the solver-level values with the multistep warm-up and no corrector after
     the last step (as UniPC)."""
     default = {"family": family, "order": order, "corrector": corrector, "prediction": prediction,
                "relaxation": relaxation}
+    if plan is not None and not isinstance(plan, (list, tuple)):
+        raise NfebenchError(f"usf plan must be a list of step mappings (or null); got {plan!r}")
     if plan:
         if len(plan) != steps:
             raise NfebenchError(f"usf plan has {len(plan)} steps but the grid has {steps}")
@@ -155,7 +157,7 @@ def _cost(steps, afs="none", **opts):
     return steps - (check_choice("usf afs", afs, AFS) == "zero_x0") + specs[-1].corrector
 
 
-def _steps(nfe, plan=(), afs="none", **_):
+def _steps(nfe, plan=None, afs="none", **_):
     # a plan fixes its steps; else the default plan (no corrector after the last step) spends one NFE a step
     return len(plan) if plan else nfe + (check_choice("usf afs", afs, AFS) == "zero_x0")
 
@@ -184,7 +186,7 @@ class _History:
 
 
 @register_solver("usf", steps=_steps, cost=_cost, describe=_describe)
-def sample_usf(model, x, ts, noise, rng=None, plan=(), family="taylor", order: int = 2, prediction="data",
+def sample_usf(model, x, ts, noise, rng=None, plan=None, family="taylor", order: int = 2, prediction="data",
                corrector: bool = True, relaxation: float = 0.0, variant="bh1", lower_order_final="always",
                afs="none"):
     specs = step_plans(len(ts) - 1, plan, family, order, prediction, corrector, relaxation, lower_order_final)
