@@ -194,6 +194,9 @@ def test_usf_replays_plan_their_published_nfe(model, nfe):
     assert cfg["model"]["name"] == model and cfg["nfe"] == nfe and p.spec.name == "usf"
     assert p.steps == nfe + 1 and p.cost == nfe and p.ts[0] == p.noise.T
     assert plan_run(cfg)["counted"] == nfe
+    # any solver walks the same list (README): dpmpp without the analytical first step spends one more NFE
+    other = run_plan(compose_cfg(f"+replay=usf_{model}_nfe{nfe}", "solver=dpmpp", "~solver.afs", f"nfe={nfe + 1}"))
+    assert other.spec.name == "dpmpp" and np.array_equal(other.ts, p.ts) and other.cost == nfe + 1
 
 
 # AutoDiffusion's examples/guided_diffusion/sample_LSUN_bedroom_subnet.sh, --use_timestep (written here again,
