@@ -153,6 +153,7 @@ def test_taylor_steps_fit_order_p_and_p_plus_1_with_corrector(opts, expected, gr
     ([{"order": 1, "stages": 2}] * 3, "unknown key 'stages'"),
     ([{"order": 1, "prediction": "v"}] * 3, "unknown usf prediction"),
     ([{"family": "dpmpp", "order": 1, "relaxation": 0.1}] * 3, "relaxation scales"),
+    ([{"family": "dpm_solver", "order": 1, "prediction": "data"}] * 3, "dpm_solver predicts noise"),
     ("dpmpp", "list of step mappings"),
 ])
 def test_bad_plans_are_one_line_errors(plan, match):

@@ -77,6 +77,9 @@ def _entry(k: int, steps: int, entry, default: dict) -> StepPlan:
         raise NfebenchError(f"usf plan step {k}: order must be an integer in 1..{min(3, k + 1)} "
                             f"(step {k} has {k + 1} past evaluations); got {order!r}")
     check_choice(f"usf prediction (plan step {k})", e["prediction"], PREDICTIONS)
+    if "prediction" in entry and family != "taylor":
+        raise NfebenchError(f"usf plan step {k}: prediction is a taylor step's choice; {family} predicts "
+                            f"{'noise' if FAMILY_FORM[family] == 'eps' else 'data'}")
     if not isinstance(e["corrector"], bool):
         raise NfebenchError(f"usf plan step {k}: corrector must be true or false; got {e['corrector']!r}")
     relaxation = float(e["relaxation"])
