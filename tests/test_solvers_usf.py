@@ -153,7 +153,11 @@ def test_taylor_steps_fit_order_p_and_p_plus_1_with_corrector(opts, expected, gr
     ([{"order": 1, "stages": 2}] * 3, "unknown key 'stages'"),
     ([{"order": 1, "prediction": "v"}] * 3, "unknown usf prediction"),
     ([{"family": "dpmpp", "order": 1, "relaxation": 0.1}] * 3, "relaxation scales"),
-    ([{"family": "dpm_solver", "order": 1, "prediction": "data"}] * 3, "dpm_solver predicts noise"),
+    ([{"family": "dpm_solver", "order": 1, "prediction": "data"}] * 3, "prediction is a taylor step's choice, not dpm_solver's"),
+    ([{"order": 1}, {"order": 1}, {"order": 2, "estimate": [3]}], r"step 2: estimate must list 1 point counts, the i-th in i\.\.2"),
+    ([{"order": 1}, {"order": 1}, {"order": 3, "estimate": [2]}], "estimate must list 2 point counts"),
+    ([{"order": 1, "corrector": True, "corrector_order": 3}] + [{"order": 1}] * 2, r"corrector_order needs corrector: true and an integer in 2..2"),
+    ([{"order": 1, "corrector": False, "corrector_order": 2}] + [{"order": 1}] * 2, "corrector_order needs corrector: true"),
     ("dpmpp", "list of step mappings"),
 ])
 def test_bad_plans_are_one_line_errors(plan, match):
@@ -198,6 +202,27 @@ def test_usf_replays_plan_their_published_nfe(model, nfe):
     # any solver walks the same list (README): dpmpp without the analytical first step spends one more NFE
     other = run_plan(compose_cfg(f"+replay=usf_{model}_nfe{nfe}", "solver=dpmpp", "~solver.afs", f"nfe={nfe + 1}"))
     assert other.spec.name == "dpmpp" and np.array_equal(other.ts, p.ts) and other.cost == nfe + 1
+
+
+# thu-nics/USF uni_sampler.py (commit 5b89ef5) run once on CPU in float64 on this gaussian model with the decision
+# file codebases/score_sde/solver_schedules/cifar10_sde_nfe9.pth loaded as published (timesteps cast to float64,
+# skip_coefficients dropped: all 1.0), x = sigma(t_0) * x_noise(): 9 model calls, out.reshape(3, -1)[:, 0] and sum:
+USF_NFE9_FIRST = [-1.4251911913493616, -0.12639889655099032, -0.43162824087409857]
+USF_NFE9_SUM = -5.241305292810998
+
+
+@F64
+def test_full_plan_replay_is_usf_reference_code_on_gaussian():
+    cfg = compose_cfg("+replay=usf_cifar10_scoresde_vp_nfe9_plan")
+    p = run_plan(cfg)
+    assert (p.steps, p.cost, cfg["nfe"]) == (10, 9, 9) and p.solver_opts["afs"] == "unit_noise"
+    model = gaussian()  # vp_linear, USF's NoiseScheduleVP("linear"); the replay's model is only planned here
+    x = float(model.noise.sigma(p.ts[0])) * x_noise(model.shape)
+    counter = CountedDenoiser(model, None)
+    out = p.spec.fn(counter, x, p.ts, model.noise, None, **p.solver_opts)
+    assert counter.count == 9
+    assert np.allclose(out.reshape(3, -1)[:, 0].numpy(), USF_NFE9_FIRST, rtol=0, atol=1e-12)
+    assert float(out.sum()) == pytest.approx(USF_NFE9_SUM, abs=1e-11)
 
 
 # AutoDiffusion's examples/guided_diffusion/sample_LSUN_bedroom_subnet.sh, --use_timestep (written here again,
