@@ -10,17 +10,20 @@ with host weights built once per run. A step's ``family`` names where the weight
     unipc       UniPC's UniP predictor; its corrector is UniC (unipc._coeffs, ``variant`` bh1 | bh2)
     taylor      USF's own update in ``prediction`` data | noise: the Taylor expansion in lambda,
                     x_t = keep x_s + scale * sum_{i<p} h^i E_{i+1} m^(i)(lambda_s),   E_j = h phi_j(z)
-                with m^(i) from finite differences over the p-1 nearest past points (USF's "Difference_{p-1}"
-                with its default active points) and m^(1) scaled by (1 + relaxation * h) (USF's "linear" relaxation)
+                with m^(i) from finite differences over the ``estimate[i-1]`` nearest past points (USF's
+                "Difference_n" with its default active points; default p-1 each) and m^(1) scaled by
+                (1 + relaxation * h) (USF's "linear" relaxation)
 
 A corrector on step k (USF's "pseudo" corrector, UniC for unipc) evaluates m_{k+1} at the predicted x_{k+1}
-and redoes step k from x_k with m_{k+1} as one more point, order p + 1; the evaluation is the one step k+1
+and redoes step k from x_k with m_{k+1} as one more point (order ``corrector_order``, default p + 1, points
+``corrector_estimate``: taylor steps only; unipc: UniC's own); the evaluation is the one step k+1
 starts with, so it is free, except after the last step, where it costs one more NFE (USF counts it too).
 ``afs`` is USF's analytical first step, m_0 without a model call: ``zero_x0`` takes x0 = 0 (USF's EDM code:
 eps = x_T / sigma_T), ``unit_noise`` takes eps = x_T / sqrt(alpha_T^2 + sigma_T^2) (USF's VP code: eps = x_T).
 NFE = steps - [afs] + [corrector on the last step], counted from the plan itself.
 Not replayed from USF's decision space: DPM-Solver-v3 prediction (needs EMS statistics), start points other
-than the previous grid point (singlestep), custom active points, and the U-Net skip coefficients.
+than the previous grid point (singlestep), active points other than the nearest, relaxations other than
+"linear", the "average_x0" first step (a dataset-mean file) and the U-Net skip coefficients.
 """
 from __future__ import annotations
 
