@@ -76,7 +76,8 @@ def test_taylor_order_3_is_dpmpp_3m_with_the_exact_weight():
     # computed through a linear solve instead of divided differences, so equal to rounding, not bit for bit.
     # (Its order-2 steps are not 2M: 2M puts E_1/2 where the Taylor term has E_2, so the warm-up step is dpmpp's.)
     model = gaussian()
-    ref, _, _, _ = solve_steps(model, "dpmpp", 9, grid="karras", n=4, order=3, variant="exact", lower_order_final="never")
+    ref, _, _, _ = solve_steps(model, "dpmpp", 9, grid="karras", n=4, order=3, variant="exact",
+                               lower_order_final="never")
     plan = [{"order": 1}, {"family": "dpmpp", "order": 2}, *[{"order": 3}] * 7]
     got, _, _, _ = solve_steps(model, "usf", 9, grid="karras", n=4, plan=plan, corrector=False)
     assert torch.allclose(got, ref, rtol=0, atol=1e-12)
@@ -153,11 +154,15 @@ def test_taylor_steps_fit_order_p_and_p_plus_1_with_corrector(opts, expected, gr
     ([{"order": 1, "stages": 2}] * 3, "unknown key 'stages'"),
     ([{"order": 1, "prediction": "v"}] * 3, "unknown usf prediction"),
     ([{"family": "dpmpp", "order": 1, "relaxation": 0.1}] * 3, "relaxation scales"),
-    ([{"family": "dpm_solver", "order": 1, "prediction": "data"}] * 3, "prediction is a taylor step's choice, not dpm_solver's"),
-    ([{"order": 1}, {"order": 1}, {"order": 2, "estimate": [3]}], r"step 2: estimate must list 1 point counts, the i-th in i\.\.2"),
+    ([{"family": "dpm_solver", "order": 1, "prediction": "data"}] * 3,
+     "prediction is a taylor step's choice, not dpm_solver's"),
+    ([{"order": 1}, {"order": 1}, {"order": 2, "estimate": [3]}],
+     r"step 2: estimate must list 1 point counts, the i-th in i\.\.2"),
     ([{"order": 1}, {"order": 1}, {"order": 3, "estimate": [2]}], "estimate must list 2 point counts"),
-    ([{"order": 1, "corrector": True, "corrector_order": 3}] + [{"order": 1}] * 2, r"corrector_order needs corrector: true and an integer in 2..2"),
-    ([{"order": 1, "corrector": False, "corrector_order": 2}] + [{"order": 1}] * 2, "corrector_order needs corrector: true"),
+    ([{"order": 1, "corrector": True, "corrector_order": 3}] + [{"order": 1}] * 2,
+     r"corrector_order needs corrector: true and an integer in 2\.\.2"),
+    ([{"order": 1, "corrector": False, "corrector_order": 2}] + [{"order": 1}] * 2,
+     "corrector_order needs corrector: true"),
     ("dpmpp", "list of step mappings"),
 ])
 def test_bad_plans_are_one_line_errors(plan, match):
@@ -234,7 +239,8 @@ def test_autodiffusion_replay_walks_the_sorted_published_steps_with_ddim(tmp_pat
     cfg = compose_cfg("+replay=autodiffusion_lsun_bedroom_15")
     p = run_plan(cfg)
     n = np.rint(p.ts * 1000 - 1).astype(int)
-    assert n.tolist() == sorted(AUTODIFFUSION_BEDROOM, reverse=True) and np.allclose(p.ts, (n + 1) / 1000, rtol=0, atol=1e-15)
+    assert n.tolist() == sorted(AUTODIFFUSION_BEDROOM, reverse=True)
+    assert np.allclose(p.ts, (n + 1) / 1000, rtol=0, atol=1e-15)
     assert (p.spec.name, p.steps, p.final_x0, p.cost) == ("ddim", 14, True, 15)
     r = launch("+replay=autodiffusion_lsun_bedroom_15", "dry_run=true", f"hydra.run.dir={tmp_path}")
     assert r.returncode == 0, r.stderr
