@@ -20,7 +20,7 @@ def _b_vector(hh, order, variant):
     return np.array([hh * math.factorial(i) * phi(i + 1, hh) / B_FUNCTIONS[variant](hh) for i in range(1, order + 1)])
 
 
-def _coeffs(g, k, order, variant, corrector):
+def coeffs(g, k, order, variant, corrector):
     """Weights on (m_{k+1}, m_k, m_{k-1}, m_{k-2}) for step k -> k+1 (m_{k+1} only in the corrector)."""
     h = g.lam[k + 1] - g.lam[k]
     hh = -h
@@ -50,8 +50,8 @@ def plan(noise, ts, order: int, variant: str, lower_order_final):
     g = grid_coeffs(noise, ts)
     orders = list(enumerate(multistep_orders(len(ts) - 1, order, lower_order_final)))
     return (g.t, [g.sigma[k + 1] / g.sigma[k] for k, _ in orders],
-            [_coeffs(g, k, o, variant, False)[1:] for k, o in orders],
-            [_coeffs(g, k, o, variant, True) for k, o in orders])
+            [coeffs(g, k, o, variant, False)[1:] for k, o in orders],
+            [coeffs(g, k, o, variant, True) for k, o in orders])
 
 
 @per_run
