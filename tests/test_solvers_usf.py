@@ -55,7 +55,10 @@ def test_all_unipc_plan_is_unipc(order, variant):
     ref, _, _, c_ref = solve_steps(model, "unipc", 8, n=4, order=order, variant=variant)
     plan = _plan("unipc", multistep_orders(8, order, "always"), corrector=True)
     got, _, _, c = solve_steps(model, "usf", 8, n=4, plan=plan, variant=variant)
-    assert torch.equal(got, ref) and c.count == c_ref.count == 8
+    # unipc folds each corrector into the next predictor (one combination per step, unic.fused_plan) where usf
+    # corrects then predicts: the same weights summed in another order, so equal to rounding, not bit for bit
+    torch.testing.assert_close(got, ref, rtol=1e-13, atol=1e-13)
+    assert c.count == c_ref.count == 8
     no_c, _, _, _ = solve_steps(model, "unipc", 8, n=4, order=order, variant=variant, corrector=False)
     plan = _plan("unipc", multistep_orders(8, order, "always"))
     got, _, _, _ = solve_steps(model, "usf", 8, n=4, plan=plan, variant=variant)
@@ -67,7 +70,9 @@ def test_all_dpm_solver_plan_is_multistep_dpm_solver():
     model = gaussian()
     ref, _, _, _ = solve_steps(model, "dpm_solver", 7, n=4, method="multistep", order=3)
     got, _, _, _ = solve_steps(model, "usf", 7, n=4, plan=_plan("dpm_solver", multistep_orders(7, 3, "below_10")))
-    assert torch.equal(got, ref)
+    # dpm_solver's multistep loop keeps sigma*eps in its history with 1/sigma in the weights (multistep.run)
+    # where usf keeps eps: the same update rounded differently, so equal to rounding, not bit for bit
+    torch.testing.assert_close(got, ref, rtol=1e-13, atol=1e-13)
 
 
 @F64
