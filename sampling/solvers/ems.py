@@ -1,0 +1,151 @@
+"""DPM-Solver-v3's empirical model statistics (EMS; Zheng, Lu, Chen & Zhu 2023, Sec. 3.2, Appendix C).
+
+On a grid uniform in log-SNR lambda, three vectors with the shape of a sample:
+    l(lambda) = E[diag(sigma d eps/dx)]          the best diagonal linear part of the noise predictor,
+    s, b      = per-dimension least squares  f' ~ s f + b,  f = (sigma eps - l x) / alpha,
+                f' = df/dlambda along the probability-flow ODE,
+expectations over x = alpha x0 + sigma n from the forward process on data.
+
+Worked in y = x / alpha, where the ODE is dy/dlambda = D - y (D: the model's x0 prediction at x = alpha y)
+and eps = e^lambda (y - D), so
+    sigma d eps/dx = I - dD/dy,    f = (1 - l) y - D,
+    f' = -l' y + (1 - l)(D - y) - dD/dlambda,    dD/dlambda = dD/dy (D - y) + dD/dlambda|_y.
+Estimators:
+- diag(dD/dy) by Hutchinson, E_v[v * (dD/dy v)] with Rademacher v; the product by torch.func.jvp;
+- dD/dy (D - y) by one more jvp; dD/dlambda|_y by a central difference of FD_STEP in lambda (models take
+  their time as a host float, so no tangent can flow through it);
+- l' by np.gradient over the grid. Every lambda uses the same data, noise and probes (common random
+  numbers), so l is smooth in lambda and its difference quotient is not dominated by sampling noise;
+- s and b from per-dimension moments of (y, D, dD/dlambda), accumulated over batches once l is known.
+Cost: each jvp is one counted evaluation (one pass of the network with dual numbers, about 2-3 forward
+passes of compute), so one lambda point costs (probes + 3) NFE per batch of samples.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.errors import NfebenchError
+
+FD_STEP = 1e-3  # central difference in lambda for dD/dlambda at fixed y
+ESTIMATOR = "hutchinson-jvp/1"  # bump when the estimator's numbers change (it is part of the cache key)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def lambda_grid(noise, t_start: float, t_end: float, points: int) -> np.ndarray:
+    """points values uniform in lambda from lambda(t_start) (noisiest) to lambda(t_end)."""
+    return np.linspace(float(noise.lam(t_start)), float(noise.lam(t_end)), int(points))
+
+
+def check_data(path) -> str | None:
+    """The data option as an absolute path (None: the model's own data distribution); fails if it is missing."""
+    if path is None:
+        return None
+    p = Path(str(path)).expanduser().resolve()
+    if not (p.is_dir() or (p.is_file() and p.suffix == ".npz")):
+        raise NfebenchError(f"solver.ems_data={path}: no such image folder or .npz file (the data the EMS are "
+                            f"estimated on)")
+    return str(p)
+
+
+def data_samples(model, path: str | None, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n float64 data samples in the model's space: its own distribution (analytic models) or images."""
+    if path is None:
+        if not hasattr(model, "sample_data"):
+            raise NfebenchError(f"the EMS need data samples and this model has no data distribution of its own; "
+                                f"set solver.ems_data to an image folder or an .npz of images in [-1, 1]")
+        return model.sample_data(n, generator)
+    if getattr(model, "latent", False):
+        raise NfebenchError("solver.ems_data holds images but this model samples latents; EMS from encoded "
+                            "data are not supported")
+    images = _load_images(Path(path), tuple(model.shape))
+    return images[torch.randint(len(images), (n,), generator=generator)]
+
+
+def _load_images(path: Path, shape: tuple) -> torch.Tensor:
+    if path.is_dir():
+        from PIL import Image
+
+        files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        mode = "L" if shape[0] == 1 else "RGB"
+        arr = np.stack([np.asarray(Image.open(f).convert(mode)) for f in files]) if files else np.zeros((0,))
+    else:
+        with np.load(path) as z:
+            arr = z[z.files[0]]
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim == 4 and arr.shape[-1] == shape[0] and arr.shape[1] != shape[0]:
+        arr = arr.transpose(0, 3, 1, 2)  # HWC -> CHW
+    if len(arr) == 0 or tuple(arr.shape[1:]) != shape:
+        raise NfebenchError(f"solver.ems_data={path}: expected images of shape {list(shape)}, got "
+                            f"{len(arr)} of shape {list(arr.shape[1:])}")
+    x = torch.as_tensor(arr.astype(np.float64))
+    return x / 127.5 - 1 if arr.dtype == np.uint8 else x
+
+
+class _Moments:
+    """Per-dimension running sums over samples of the products the EMS need (float64)."""
+
+    NAMES = ("y", "D", "dD", "yy", "yD", "DD", "ydD", "DdD", "hutch")
+
+    def __init__(self):
+        self.n, self.sums = 0, dict.fromkeys(self.NAMES, 0.0)
+
+    def add(self, y, D, dD, hutch):
+        y, D, dD, hutch = (v.double() for v in (y, D, dD, hutch))
+        terms = {"y": y, "D": D, "dD": dD, "yy": y * y, "yD": y * D, "DD": D * D, "ydD": y * dD, "DdD": D * dD,
+                 "hutch": hutch}
+        for k, v in terms.items():
+            self.sums[k] = self.sums[k] + v.sum(0)
+        self.n += len(y)
+
+    def means(self) -> dict:
+        return {k: (v / self.n).cpu().numpy() for k, v in self.sums.items()}
+
+
+def _point(model, x0, n, probes, lam, device, dtype, batch: int) -> _Moments:
+    """The moments at one lambda over all samples."""
+    noise = model.noise
+    t, a, sig = (float(f(noise.t_of_lam(lam))) for f in (lambda u: u, noise.alpha, noise.edm_sigma))
+    t_up, t_down = float(noise.t_of_lam(lam + FD_STEP)), float(noise.t_of_lam(lam - FD_STEP))
+    a_up, a_down = float(noise.alpha(t_up)), float(noise.alpha(t_down))
+    m = _Moments()
+    for lo in range(0, len(x0), batch):
+        y = (x0[lo: lo + batch] + sig * n[lo: lo + batch]).to(device=device, dtype=dtype)
+
+        def denoise(u):
+            return model(a * u, t)
+
+        hutch = 0.0
+        for v in probes[:, lo: lo + batch].to(device=device, dtype=dtype):
+            D, Jv = torch.func.jvp(denoise, (y,), (v,))
+            hutch = hutch + v * Jv / len(probes)
+        _, J_flow = torch.func.jvp(denoise, (y,), (D - y,))
+        dD = J_flow + (model(a_up * y, t_up) - model(a_down * y, t_down)) / (2 * FD_STEP)
+        m.add(y, D, dD, hutch)
+    return m
+
+
+def estimate(model, lambdas, samples: int, probes: int, seed: int, data=None, device="cpu",
+             dtype=torch.float64, batch: int = 256) -> dict[str, np.ndarray]:
+    """{"l", "s", "b": (points, *shape) float64, "lambdas": (points,)} for a (counted) model."""
+    gen = torch.Generator().manual_seed(int(seed))
+    x0 = data_samples(model, data, samples, gen)
+    n = torch.randn(x0.shape, dtype=torch.float64, generator=gen)
+    v = torch.randint(0, 2, (probes, *x0.shape), generator=gen).double() * 2 - 1
+    with torch.no_grad():  # forward-mode jvp needs no autograd graph
+        per = [_point(model, x0, n, v, float(lam), device, dtype, batch).means() for lam in lambdas]
+    M = {k: np.stack([p[k] for p in per]) for k in _Moments.NAMES}
+    l = 1.0 - M["hutch"]
+    dl = np.gradient(l, lambdas, axis=0)
+    var_y, var_D = M["yy"] - M["y"] ** 2, M["DD"] - M["D"] ** 2
+    cov_yD, cov_ydD, cov_DdD = M["yD"] - M["y"] * M["D"], M["ydD"] - M["y"] * M["dD"], M["DdD"] - M["D"] * M["dD"]
+    # f = A y - D and f' = P y + A D - dD with A = 1 - l, P = -l' - A
+    A, P = 1.0 - l, -dl - (1.0 - l)
+    var_f = A * A * var_y - 2 * A * cov_yD + var_D
+    cov = P * A * var_y - P * cov_yD + A * A * cov_yD - A * var_D - A * cov_ydD + cov_DdD
+    s = np.divide(cov, var_f, out=np.zeros_like(cov), where=var_f > 1e-300)
+    b = (P * M["y"] + A * M["D"] - M["dD"]) - s * (A * M["y"] - M["D"])
+    return {"l": l, "s": s, "b": b, "lambdas": np.asarray(lambdas, dtype=np.float64)}
