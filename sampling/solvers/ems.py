@@ -29,6 +29,7 @@ import torch
 
 from common.errors import NfebenchError
 
+RIDGE = 1e-3  # s penalty, relative to the mean Var(f) over dimensions (see fit)
 FD_STEP = 1e-3  # central difference in lambda for dD/dlambda at fixed y
 ESTIMATOR = "hutchinson-jvp/1"  # bump when the estimator's numbers change (it is part of the cache key)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -137,15 +138,25 @@ def estimate(model, lambdas, samples: int, probes: int, seed: int, data=None, de
     v = torch.randint(0, 2, (probes, *x0.shape), generator=gen).double() * 2 - 1
     with torch.no_grad():  # forward-mode jvp needs no autograd graph
         per = [_point(model, x0, n, v, float(lam), device, dtype, batch).means() for lam in lambdas]
-    M = {k: np.stack([p[k] for p in per]) for k in _Moments.NAMES}
+    return fit({k: np.stack([p[k] for p in per]) for k in _Moments.NAMES}, np.asarray(lambdas, dtype=np.float64))
+
+
+def fit(M: dict, lambdas: np.ndarray, ridge: float = RIDGE) -> dict[str, np.ndarray]:
+    """l, s, b from the per-lambda moments M (each (points, *shape)).
+
+    s is a ridge regression: the penalty is ``ridge`` times the mean over dimensions of Var(f) at that
+    lambda. Where a dimension's f barely varies (a pixel that is nearly constant over the data, e.g. the
+    digits' borders), Var(f) is a difference of nearly equal numbers and the plain quotient is noise
+    (|s| in the thousands, e^S overflowing); the penalty shrinks those s to 0 and leaves the others."""
     l = 1.0 - M["hutch"]
     dl = np.gradient(l, lambdas, axis=0)
     var_y, var_D = M["yy"] - M["y"] ** 2, M["DD"] - M["D"] ** 2
     cov_yD, cov_ydD, cov_DdD = M["yD"] - M["y"] * M["D"], M["ydD"] - M["y"] * M["dD"], M["DdD"] - M["D"] * M["dD"]
     # f = A y - D and f' = P y + A D - dD with A = 1 - l, P = -l' - A
     A, P = 1.0 - l, -dl - (1.0 - l)
-    var_f = A * A * var_y - 2 * A * cov_yD + var_D
+    var_f = np.maximum(A * A * var_y - 2 * A * cov_yD + var_D, 0.0)
     cov = P * A * var_y - P * cov_yD + A * A * cov_yD - A * var_D - A * cov_ydD + cov_DdD
-    s = np.divide(cov, var_f, out=np.zeros_like(cov), where=var_f > 1e-300)
+    axes = tuple(range(1, var_f.ndim))
+    s = cov / (var_f + ridge * var_f.mean(axis=axes, keepdims=True) + 1e-300)
     b = (P * M["y"] + A * M["D"] - M["dD"]) - s * (A * M["y"] - M["D"])
-    return {"l": l, "s": s, "b": b, "lambdas": np.asarray(lambdas, dtype=np.float64)}
+    return {"l": l, "s": s, "b": b, "lambdas": lambdas}
