@@ -40,18 +40,21 @@ for _family, (_module, _fn) in {"diffusers_unet": (".loaders", "build_unet"), "d
 
 
 # Keys of a model config that describe how it is evaluated, not how it is built.
-NOT_BUILD_KEYS = ("name", "dtype", "fid_reference", "training")
+NOT_BUILD_KEYS = ("name", "dtype", "fid_reference", "training", "data")
 
 
 def build_model(cfg: dict):
     """cfg: the resolved `model` config (family, noise_schedule, family-specific keys)."""
     cfg = dict(cfg)
-    family = cfg.pop("family", None)
+    family, data = cfg.pop("family", None), cfg.get("data")
     for key in NOT_BUILD_KEYS:
         cfg.pop(key, None)
     builder = FAMILIES.get(family)
     noise = make_noise_schedule(**dict(cfg.pop("noise_schedule")))
     try:
-        return builder(noise, **cfg)
+        model = builder(noise, **cfg)
     except TypeError as e:
         raise NfebenchError(f"bad options for model family '{family}': {e}") from None
+    if data:  # the dataset a trained network learned, by name (calibrations such as DPM-Solver-v3's EMS sample it)
+        model.data = data
+    return model

@@ -40,10 +40,6 @@ from . import ems
 from .orders import describe_multistep, multistep_orders
 
 HALF_RULES = {"code": lambda t: t > 0.5, "paper": lambda t: t <= 0.5}
-EMS_DEFAULTS = {"ems_points": 121, "ems_samples": 256, "ems_probes": 1, "ems_seed": 0, "ems_batch": 256,
-                "ems_data": None}
-
-
 def _cumtrapz(y, lam):
     """int_{lam_0}^{lam_i} y, trapezoid rule, along axis 0 (y: (points, ...))."""
     d = np.diff(lam).reshape(-1, *([1] * (y.ndim - 1)))
@@ -165,8 +161,8 @@ def degenerated_stats(noise, ts, points: int, shape) -> dict:
     return {"l": ones, "s": 0 * ones, "b": 0 * ones, "lambdas": lam}
 
 
-def calibration(ts, noise, dtype, degenerated=False, ems_points=121, ems_samples=256, ems_probes=1, ems_seed=0,
-                ems_batch=256, ems_data=None, half_rule="code", **_):
+def calibration(ts, noise, dtype, degenerated=False, ems_points=121, ems_samples=64, ems_probes=1, ems_seed=0,
+                ems_batch=64, ems_data=None, half_rule="code", **_):
     """The EMS this run needs (None when degenerated); checks the options before anything loads."""
     check_choice("dpm_solver_v3 half_rule", half_rule, HALF_RULES)
     for name, v, lo in (("ems_points", ems_points, 2), ("ems_samples", ems_samples, 2), ("ems_probes", ems_probes, 1),
@@ -198,7 +194,7 @@ def _describe(steps, order=3, lower_order_final="always", use_corrector=True, de
 def sample_dpm_solver_v3(model, x, ts, noise, rng=None, order: int = 3, p_pseudo: bool = False,
                          use_corrector: bool = True, c_pseudo: bool = True, lower_order_final="always",
                          half: bool = False, half_rule="code", degenerated: bool = False, ems_points: int = 121,
-                         ems_samples: int = 256, ems_probes: int = 1, ems_seed: int = 0, ems_batch: int = 256,
+                         ems_samples: int = 64, ems_probes: int = 1, ems_seed: int = 0, ems_batch: int = 64,
                          ems_data=None, calibration=None):
     if degenerated:
         calibration = degenerated_stats(noise, ts, ems_points, tuple(x.shape[1:]))

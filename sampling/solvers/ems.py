@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common.errors import NfebenchError
 
@@ -40,48 +41,60 @@ def lambda_grid(noise, t_start: float, t_end: float, points: int) -> np.ndarray:
     return np.linspace(float(noise.lam(t_start)), float(noise.lam(t_end)), int(points))
 
 
-def check_data(path) -> str | None:
-    """The data option as an absolute path (None: the model's own data distribution); fails if it is missing."""
-    if path is None:
-        return None
-    p = Path(str(path)).expanduser().resolve()
+def _sklearn_digits() -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    return torch.as_tensor(load_digits().data / 8.0 - 1.0).reshape(-1, 1, 8, 8)
+
+
+DATASETS = {"digits": _sklearn_digits}  # data by name: solver.ems_data=<name>, or a model config's `data`
+
+
+def check_data(data) -> str | None:
+    """The data option: a dataset name, an absolute path, or None (the model's own data); fails if missing."""
+    if data is None or data in DATASETS:
+        return data
+    p = Path(str(data)).expanduser().resolve()
     if not (p.is_dir() or (p.is_file() and p.suffix == ".npz")):
-        raise NfebenchError(f"solver.ems_data={path}: no such image folder or .npz file (the data the EMS are "
-                            f"estimated on)")
+        raise NfebenchError(f"solver.ems_data={data}: no such dataset ({', '.join(DATASETS)}), image folder or "
+                            f".npz file (the data the EMS are estimated on)")
     return str(p)
 
 
-def data_samples(model, path: str | None, n: int, generator: torch.Generator) -> torch.Tensor:
-    """n float64 data samples in the model's space: its own distribution (analytic models) or images."""
-    if path is None:
-        if not hasattr(model, "sample_data"):
-            raise NfebenchError(f"the EMS need data samples and this model has no data distribution of its own; "
-                                f"set solver.ems_data to an image folder or an .npz of images in [-1, 1]")
+def data_samples(model, data: str | None, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n float64 data samples in the model's space: its own distribution (analytic models), the dataset its
+    config names (``data``), or ``data`` (a dataset name, an image folder or an .npz of images)."""
+    if data is None and hasattr(model, "sample_data"):
         return model.sample_data(n, generator)
+    data = data or getattr(model, "data", None)
+    if data is None:
+        raise NfebenchError("the EMS need data samples and this model has no data distribution of its own; "
+                            "set solver.ems_data to a dataset name, an image folder or an .npz of images in [-1, 1]")
     if getattr(model, "latent", False):
-        raise NfebenchError("solver.ems_data holds images but this model samples latents; EMS from encoded "
-                            "data are not supported")
-    images = _load_images(Path(path), tuple(model.shape))
+        raise NfebenchError("the EMS need data in the model's space and this model samples latents; EMS from "
+                            "encoded data are not supported")
+    images = DATASETS[data]() if data in DATASETS else _load_images(Path(data))
+    if tuple(images.shape[1:]) != tuple(model.shape):
+        raise NfebenchError(f"EMS data {data}: expected samples of shape {list(model.shape)}, got "
+                            f"{len(images)} of shape {list(images.shape[1:])}")
     return images[torch.randint(len(images), (n,), generator=generator)]
 
 
-def _load_images(path: Path, shape: tuple) -> torch.Tensor:
+def _load_images(path: Path) -> torch.Tensor:
+    """Images in [-1, 1] as (N, C, H, W) float64: a folder of image files, or an .npz's first array
+    (uint8 in [0, 255] or floats in [-1, 1]; NCHW, NHWC or NHW)."""
     if path.is_dir():
         from PIL import Image
 
         files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        mode = "L" if shape[0] == 1 else "RGB"
-        arr = np.stack([np.asarray(Image.open(f).convert(mode)) for f in files]) if files else np.zeros((0,))
+        arr = np.stack([np.asarray(Image.open(f)) for f in files]) if files else np.zeros((0, 0, 0))
     else:
         with np.load(path) as z:
             arr = z[z.files[0]]
     if arr.ndim == 3:
         arr = arr[:, None]
-    if arr.ndim == 4 and arr.shape[-1] == shape[0] and arr.shape[1] != shape[0]:
-        arr = arr.transpose(0, 3, 1, 2)  # HWC -> CHW
-    if len(arr) == 0 or tuple(arr.shape[1:]) != shape:
-        raise NfebenchError(f"solver.ems_data={path}: expected images of shape {list(shape)}, got "
-                            f"{len(arr)} of shape {list(arr.shape[1:])}")
+    if arr.ndim == 4 and arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
+        arr = arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     x = torch.as_tensor(arr.astype(np.float64))
     return x / 127.5 - 1 if arr.dtype == np.uint8 else x
 
@@ -119,12 +132,14 @@ def _point(model, x0, n, probes, lam, device, dtype, batch: int) -> _Moments:
         def denoise(u):
             return model(a * u, t)
 
+        # the plain calls first: a network that moves to its device on its first call must not do so inside
+        # a jvp (its parameters would belong to that transform)
+        dD_dlam = (model(a_up * y, t_up) - model(a_down * y, t_down)) / (2 * FD_STEP)
         hutch = 0.0
         for v in probes[:, lo: lo + batch].to(device=device, dtype=dtype):
             D, Jv = torch.func.jvp(denoise, (y,), (v,))
             hutch = hutch + v * Jv / len(probes)
-        _, J_flow = torch.func.jvp(denoise, (y,), (D - y,))
-        dD = J_flow + (model(a_up * y, t_up) - model(a_down * y, t_down)) / (2 * FD_STEP)
+        dD = torch.func.jvp(denoise, (y,), (D - y,))[1] + dD_dlam
         m.add(y, D, dD, hutch)
     return m
 
@@ -136,7 +151,9 @@ def estimate(model, lambdas, samples: int, probes: int, seed: int, data=None, de
     x0 = data_samples(model, data, samples, gen)
     n = torch.randn(x0.shape, dtype=torch.float64, generator=gen)
     v = torch.randint(0, 2, (probes, *x0.shape), generator=gen).double() * 2 - 1
-    with torch.no_grad():  # forward-mode jvp needs no autograd graph
+    # forward-mode jvp needs no autograd graph; the fused attention kernels have no forward-mode derivative
+    # (diffusers' UNets call scaled_dot_product_attention), the math one is plain differentiable ops
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         per = [_point(model, x0, n, v, float(lam), device, dtype, batch).means() for lam in lambdas]
     return fit({k: np.stack([p[k] for p in per]) for k in _Moments.NAMES}, np.asarray(lambdas, dtype=np.float64))
 
@@ -149,7 +166,7 @@ def fit(M: dict, lambdas: np.ndarray, ridge: float = RIDGE) -> dict[str, np.ndar
     digits' borders), Var(f) is a difference of nearly equal numbers and the plain quotient is noise
     (|s| in the thousands, e^S overflowing); the penalty shrinks those s to 0 and leaves the others."""
     l = 1.0 - M["hutch"]
-    dl = np.gradient(l, lambdas, axis=0)
+    dl = np.gradient(l, lambdas, axis=0) if len(lambdas) > 1 else np.zeros_like(l)  # one point: no l'
     var_y, var_D = M["yy"] - M["y"] ** 2, M["DD"] - M["D"] ** 2
     cov_yD, cov_ydD, cov_DdD = M["yD"] - M["y"] * M["D"], M["ydD"] - M["y"] * M["dD"], M["DdD"] - M["D"] * M["dD"]
     # f = A y - D and f' = P y + A D - dD with A = 1 - l, P = -l' - A
