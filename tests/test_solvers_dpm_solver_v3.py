@@ -116,6 +116,9 @@ def test_estimated_ems_beat_l1_s0_b0_on_gaussian():
 
 def test_missing_data_source_is_one_clear_error(tmp_path):
     net_like = type("Net", (), {"shape": (1, 8, 8)})()
+    with pytest.raises(NfebenchError, match="no such dataset"):  # a model config's data that is not there
+        ems.data_samples(type("Net", (), {"shape": (1, 8, 8), "data": str(tmp_path / "x.npz")})(), None, 4,
+                         torch.Generator())
     with pytest.raises(NfebenchError, match="has no data distribution of its own; set solver.ems_data"):
         ems.data_samples(net_like, None, 4, torch.Generator())
     with pytest.raises(NfebenchError, match="no such dataset"):
@@ -272,7 +275,7 @@ def test_calibrate_only_then_a_cached_run_then_require(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("solver.ems_data=/no/such.npz", "solver.ems_data=/no/such.npz: no such dataset (digits), image folder or .npz"),
+    ("solver.ems_data=/no/such.npz", "EMS data /no/such.npz (solver.ems_data or model.data): no such dataset (digits)"),
     ("solver.ems_points=5", "dpm_solver_v3: 6 steps do not fit on an EMS grid of 5 points"),
     ("solver.half_rule=sometimes", "unknown dpm_solver_v3 half_rule 'sometimes'; valid: code, paper"),
     ("solver.ems_samples=1", "solver.ems_samples must be >= 2; got 1"),
@@ -290,3 +293,17 @@ def test_degenerated_needs_no_calibration(tmp_path):
                f"calibration.dir={tmp_path / 'cal'}", "calibration.mode=require", f"hydra.run.dir={tmp_path / 'r'}")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "r" / "record.json").read_text())["calibration"] == {}
+
+
+def test_network_ems_through_jvp_on_digits_unet_with_its_configured_data(tmp_path):
+    # digits_unet's config names its training data (data: digits); the jvp runs through diffusers' UNet (attention
+    # on the math kernel: the fused ones have no forward-mode derivative)
+    r = launch("model=digits_unet", "solver=dpm_solver_v3", "nfe=4", "num_samples=8", "batch_size=8", "metrics=none",
+               "solver.ems_points=9", "solver.ems_samples=8", "solver.ems_batch=8", f"calibration.dir={tmp_path / 'c'}",
+               f"hydra.run.dir={tmp_path / 'r'}")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "r" / "record.json").read_text())
+    assert rec["calibration"]["ems"]["nfe"] == 9 * 4 and rec["nfe"]["counted"] == 4
+    z = np.load(rec["calibration"]["ems"]["file"])
+    assert z["l"].shape == (9, 1, 8, 8) and np.isfinite(z["s"]).all() and np.isfinite(z["b"]).all()
+    assert 0.5 < float(z["l"][0].mean()) <= 1.01 and float(z["l"][-1].mean()) < 0.5  # sigma d eps/dx: 1 -> 0

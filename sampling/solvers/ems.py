@@ -56,8 +56,8 @@ def check_data(data) -> str | None:
         return data
     p = Path(str(data)).expanduser().resolve()
     if not (p.is_dir() or (p.is_file() and p.suffix == ".npz")):
-        raise NfebenchError(f"solver.ems_data={data}: no such dataset ({', '.join(DATASETS)}), image folder or "
-                            f".npz file (the data the EMS are estimated on)")
+        raise NfebenchError(f"EMS data {data} (solver.ems_data or model.data): no such dataset "
+                            f"({', '.join(DATASETS)}), image folder or .npz file")
     return str(p)
 
 
@@ -66,7 +66,7 @@ def data_samples(model, data: str | None, n: int, generator: torch.Generator) ->
     config names (``data``), or ``data`` (a dataset name, an image folder or an .npz of images)."""
     if data is None and hasattr(model, "sample_data"):
         return model.sample_data(n, generator)
-    data = data or getattr(model, "data", None)
+    data = check_data(data or getattr(model, "data", None))
     if data is None:
         raise NfebenchError("the EMS need data samples and this model has no data distribution of its own; "
                             "set solver.ems_data to a dataset name, an image folder or an .npz of images in [-1, 1]")
