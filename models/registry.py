@@ -55,6 +55,6 @@ def build_model(cfg: dict):
         model = builder(noise, **cfg)
     except TypeError as e:
         raise NfebenchError(f"bad options for model family '{family}': {e}") from None
-    if data:  # the dataset a trained network learned, by name (calibrations such as DPM-Solver-v3's EMS sample it)
+    if data:  # the data a trained network learned (a name or a path): calibrations such as DPM-Solver-v3's EMS
         model.data = data
     return model

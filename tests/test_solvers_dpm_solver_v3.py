@@ -187,7 +187,9 @@ def test_matches_the_reference_code(name):
 
 def test_half_rules_are_complementary():
     model, stats = gaussian(), synthetic_ems(gaussian())
-    run = lambda **o: solve_steps(model, "dpm_solver_v3", 8, n=2, calibration=stats, ems_points=41, **o)[0]  # noqa: E731
+    def run(**o):
+        return solve_steps(model, "dpm_solver_v3", 8, n=2, calibration=stats, ems_points=41, **o)[0]
+
     full, none = run(), run(use_corrector=False)
     code, paper = run(half=True), run(half=True, half_rule="paper")
     assert not torch.equal(code, paper) and not torch.equal(code, full) and not torch.equal(paper, none)
