@@ -175,7 +175,8 @@ def calibration(ts, noise, dtype, degenerated=False, ems_points=121, ems_samples
     data = ems.check_data(ems_data)
     settings = {"estimator": ems.ESTIMATOR, "fd_step": ems.FD_STEP, "ridge": ems.RIDGE, "t_start": float(ts[0]),
                 "t_end": float(ts[-1]), "points": int(ems_points), "samples": int(ems_samples),
-                "probes": int(ems_probes), "seed": int(ems_seed), "data": data, "dtype": str(dtype).replace("torch.", "")}
+                "probes": int(ems_probes), "seed": int(ems_seed), "data": data,
+                "dtype": str(dtype).replace("torch.", "")}
 
     def compute(model, device):
         lam = ems.lambda_grid(noise, float(ts[0]), float(ts[-1]), ems_points)
