@@ -297,6 +297,7 @@ def test_degenerated_needs_no_calibration(tmp_path):
     assert json.loads((tmp_path / "r" / "record.json").read_text())["calibration"] == {}
 
 
+@pytest.mark.slow
 def test_network_ems_through_jvp_on_digits_unet_with_its_configured_data(tmp_path):
     # digits_unet's config names its training data (data: digits); the jvp runs through diffusers' UNet (attention
     # on the math kernel: the fused ones have no forward-mode derivative)
