@@ -97,6 +97,12 @@ class Gaussian(AnalyticModel):
         y2 = ((x - mu) @ U) ** 2
         return -0.5 * (y2 @ inv) + 0.5 * torch.log(inv).sum(0)
 
+    def sample_data(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n float64 draws of the data distribution (what calibrations such as DPM-Solver-v3's EMS sample)."""
+        z = torch.randn(n, dim(self.shape), dtype=torch.float64, generator=generator)
+        U, var, mu = self._tensors(z)
+        return (mu + (z * var.sqrt()) @ U.T).reshape(n, *self.shape)
+
 
 class Digits(AnalyticModel):
     """An equal-weight Gaussian mixture on the 1797 scikit-learn digits (8x8, in [-1, 1])."""
@@ -156,6 +162,13 @@ class Digits(AnalyticModel):
     @property
     def ode_reference(self):
         return f"scipy solve_ivp DOP853, rtol=atol={self.ode_rtol}"
+
+    def sample_data(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n float64 draws of the mixture: a uniformly chosen digit plus N(0, std^2) noise."""
+        c, _ = self._tensors(torch.zeros((), dtype=torch.float64))
+        k = torch.randint(len(c), (n,), generator=generator)
+        z = torch.randn(n, c.shape[1], dtype=torch.float64, generator=generator)
+        return (c[k] + self.std * z).reshape(n, *self.shape)
 
     def data_moments(self):
         mean = self.centers.mean(0)

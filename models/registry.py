@@ -42,13 +42,13 @@ for _family, (_module, _fn) in {"diffusers_unet": (".loaders", "build_unet"), "d
 
 
 # Keys of a model config that describe how it is evaluated, not how it is built.
-NOT_BUILD_KEYS = ("name", "dtype", "fid_reference", "training")
+NOT_BUILD_KEYS = ("name", "dtype", "fid_reference", "training", "data")
 
 
 def build_model(cfg: dict):
     """cfg: the resolved `model` config (family, noise_schedule, family-specific keys)."""
     cfg = dict(cfg)
-    family = cfg.pop("family", None)
+    family, data = cfg.pop("family", None), cfg.get("data")
     for key in NOT_BUILD_KEYS:
         cfg.pop(key, None)
     builder = FAMILIES.get(family)
@@ -60,4 +60,6 @@ def build_model(cfg: dict):
         raise NfebenchError(f"bad options for model family '{family}': {e}") from None
     if deepcache:
         model.use_deepcache(deepcache)
+    if data:  # the data a trained network learned (a name or a path): calibrations such as DPM-Solver-v3's EMS
+        model.data = data
     return model

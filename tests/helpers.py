@@ -149,6 +149,11 @@ def solver_defaults(name: str):
     return opts, OmegaConf.to_container(OmegaConf.load(CONFIGS / "schedule" / f"{grid}.yaml"))
 
 
+# Options that let a calibrated solver run without its calibration, on networks that name no data (the miniatures);
+# the calibration's own path has the solver's tests
+WITHOUT_CALIBRATION = {"dpm_solver_v3": {"degenerated": True}}
+
+
 def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
     """Every registered solver, with its defaults, samples a finite batch and spends exactly its NFE rule."""
     from launch.run import plan, sample_batches
@@ -159,6 +164,7 @@ def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
         if needs and not all(hasattr(model, n) for n in needs):
             continue  # a solver that declares a model method this model lacks (dlg: the noise-level posterior)
         opts, schedule = solver_defaults(solver)
+        opts.update(WITHOUT_CALIBRATION.get(solver, {}))
         nfe = max(6, get_solver(solver).min_nfe(**{k: v for k, v in opts.items() if k != "name"}))
         cfg = {"nfe": nfe, "num_samples": 1, "batch_size": 1, "seed": 0, "sample_offset": 0, "t_end": None,
                "dtype": "float32", "model": model_cfg, "solver": dict(opts), "schedule": schedule}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from launch import calibration
 from launch.run import load_model, plan, sample_batches
 from common.errors import NfebenchError
 from sampling.registry import SOLVERS, get_solver
@@ -38,6 +39,7 @@ VARIANTS = {
     "ddpm": [{"variance": "fixed_large"}],
     "time_shift": [{"base": "ipndm"}, {"window": 0}],
     "dlg": [{"ode": "dpm_solver", "burn_in": 0, "mcmc_steps": 2}, {"posterior": "sample", "sigma_max": None, "ode_order": 3}],
+    "dpm_solver_v3": [{"degenerated": True}, {"order": 2, "p_pseudo": True, "c_pseudo": False}],
 }
 
 
@@ -50,14 +52,15 @@ def _cases():
 
 
 @pytest.mark.parametrize("name,opts,schedule", list(_cases()))
-def test_every_solver_at_every_budget_spends_its_cost_or_refuses_cleanly(name, opts, schedule):
+def test_every_solver_at_every_budget_spends_its_cost_or_refuses_cleanly(name, opts, schedule, tmp_path):
     spec = get_solver(name)
     solver_opts = {k: v for k, v in opts.items() if k != "name"}
     minimum = spec.min_nfe(**solver_opts)
     assert 1 <= minimum <= MAX_NFE
     for nfe in range(1, MAX_NFE + 1):
         cfg = {"nfe": nfe, "num_samples": 3, "batch_size": 3, "seed": 0, "sample_offset": 0, "t_end": None,
-               "dtype": "float64", "model": dict(MODEL), "solver": dict(opts), "schedule": dict(schedule)}
+               "dtype": "float64", "model": dict(MODEL), "solver": dict(opts), "schedule": dict(schedule),
+               "calibration": {"dir": str(tmp_path)}}  # calibrated solvers: computed once, then cached
         if nfe < minimum:
             with pytest.raises(NfebenchError):
                 plan(cfg)
@@ -65,8 +68,10 @@ def test_every_solver_at_every_budget_spends_its_cost_or_refuses_cleanly(name, o
         p, out = plan(cfg), []
         spec, solver_opts, steps = p.spec, p.solver_opts, p.steps
         assert spec.cost(steps, **solver_opts) <= nfe
-        counted = sample_batches(cfg, p, load_model(cfg), torch.device("cpu"),
-                                 lambda x, x_start, idx: out.append(x)).counted
+        model = load_model(cfg)
+        calibrated = calibration.prepare(cfg, p, model, torch.device("cpu"))[0]
+        counted = sample_batches(cfg, p, model, torch.device("cpu"), lambda x, x_start, idx: out.append(x),
+                                 calibrated).counted
         assert counted == spec.cost(steps, **solver_opts) <= nfe, f"nfe={nfe}"
         assert torch.isfinite(out[0]).all() and out[0].shape == (3, 1, 4, 4)
         if spec.describe is not None:
