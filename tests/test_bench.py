@@ -76,7 +76,9 @@ def test_committed_solver_outputs_still_match_the_solvers():
     """results/bench/solver_outputs.npz was written by `python -m launch.bench --write-reference` from main's
     code at f156065 (before the in-place fast paths); every solver config and variant must still give those
     samples. bdia, hb, hb_dpmpp and ghvb were added to it when they were added (after the fast paths,
-    checked there against their reference transcriptions and DDIM/PLMS/DPM-Solver++). A deliberately
+    checked there against their reference transcriptions and DDIM/PLMS/DPM-Solver++), and usf, dc_solver and
+    dpm_solver_v3 likewise (the calibrated two with the calibration their own Need computes on the bench's
+    model: dc's fitted ratios, v3's EMS from the near-free model's Gaussian data). A deliberately
     changed sample must be caught."""
     ref = load_reference(REFERENCE)
     rows = compare_outputs(ref, current_outputs(noise_schedule()))

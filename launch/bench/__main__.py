@@ -25,7 +25,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("parts", nargs="*", help=f"parts to run: {', '.join(PARTS)} (default: all)")
     p.add_argument("--quick", action="store_true", help="few rounds and small cases: for iterating, not for results")
     p.add_argument("--write-reference", action="store_true",
-                   help="(re)write results/bench/solver_outputs.npz from this code, then stop; only from main's code")
+                   help="add the outputs results/bench/solver_outputs.npz lacks (new solvers or variants) from "
+                        "this code, then stop; the entries already there are kept")
     args = p.parse_args(argv)
     args.parts = [check_choice("bench part", part, PARTS) for part in args.parts] or list(PARTS)
     return args
@@ -49,8 +50,8 @@ def main(argv=None) -> int:
         from .outputs import REFERENCE, write_reference
         from .planning import noise_schedule
 
-        write_reference(noise_schedule())
-        print(f"wrote {REFERENCE}")
+        added = write_reference(noise_schedule())
+        print(f"added {len(added)} outputs to {REFERENCE}: {', '.join(added) or 'none'}")
         return 0
     print(f"bench: {allocator_note()}", flush=True)
     failed, t_all = [], time.perf_counter()

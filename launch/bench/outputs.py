@@ -77,8 +77,13 @@ def compare_outputs(reference: dict, current: dict) -> list[dict]:
     return rows
 
 
-def write_reference(noise, path=REFERENCE) -> None:
-    atomic_write_bytes(path, npz_bytes(current_outputs(noise)))
+def write_reference(noise, path=REFERENCE) -> list[str]:
+    """Adds the outputs the reference lacks (a new solver or variant) and returns their keys; the entries
+    already there stay as written, so an optimisation can never re-baseline what it is checked against."""
+    old = load_reference(path) if path.exists() else {}
+    new = {k: v for k, v in current_outputs(noise).items() if k not in old}
+    atomic_write_bytes(path, npz_bytes({**old, **new}))
+    return sorted(new)
 
 
 def load_reference(path=REFERENCE) -> dict:

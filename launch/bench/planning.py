@@ -5,7 +5,7 @@ through the NFE counter); the bench gives it its own inputs so that noise set-up
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,7 +22,10 @@ NFE = 10  # the bench's budget: the issue's measurements and the loop part's run
 
 
 def solver_names() -> list[str]:
-    return sorted(p.stem for p in (REPO / "configs" / "solver").glob("*.yaml"))
+    """Every solver config the near-free model can run: not those needing a model method it lacks (dlg's
+    noise-level posterior, declared as model_needs)."""
+    names = sorted(p.stem for p in (REPO / "configs" / "solver").glob("*.yaml"))
+    return [n for n in names if not get_solver(n).model_needs]
 
 
 def compose(overrides: list[str]) -> dict:
@@ -46,6 +49,10 @@ class NearFree(Denoiser):
     def predict(self, x, t, cond=None):
         return self.fn(x, t)
 
+    def sample_data(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        # the data calibrations sample (DPM-Solver-v3's EMS): any fixed law serves a bench of the solver loop
+        return torch.randn(n, *self.shape, dtype=torch.float64, generator=generator)
+
 
 @dataclass
 class Case:
@@ -56,6 +63,7 @@ class Case:
     ts: np.ndarray
     final: bool
     nfe: int
+    calibration: dict = field(default_factory=dict)  # (model, dtype) -> the solver's calibration keyword
 
     @classmethod
     def plan(cls, label: str, cfg: dict, noise, nfe: int) -> "Case":
@@ -68,11 +76,25 @@ class Case:
         return cls(label, spec, opts, make_grid(noise, steps, grid_name, **grid), final, nfe)
 
 
+def calibrated(case: Case, model, dtype) -> dict:
+    """A calibrated solver's arrays on this model (computed once per case, model and dtype, untimed), as the
+    calibration stage would hand them over; {} for the others."""
+    if not case.spec.calibration:
+        return {}
+    key = (id(model), dtype)
+    if key not in case.calibration:
+        need = case.spec.calibration(case.ts, model.noise, dtype, **case.opts)
+        arrays = need.compute(CountedDenoiser(model, None), torch.device("cpu")) if need else None
+        case.calibration[key] = {"calibration": arrays and {k: np.asarray(v) for k, v in arrays.items()}}
+    return case.calibration[key]
+
+
 def run_solver(case: Case, model, x_start, rng):
     """One batch as launch/run.py samples it: the solver and its final x0 step, every call counted."""
+    extra = calibrated(case, model, x_start.dtype)
     counter = CountedDenoiser(model, budget=case.nfe, cond=None)
     with torch.no_grad():
-        x = case.spec.fn(counter, x_start, case.ts, model.noise, rng, **case.opts)
+        x = case.spec.fn(counter, x_start, case.ts, model.noise, rng, **case.opts, **extra)
         if case.final:
             t = float(case.ts[-1])
             x = case.spec.final(counter, x, t, **case.opts) if case.spec.final else counter(x, t)
