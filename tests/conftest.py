@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,10 @@ import torch
 # No hub, no wandb network in tests, whatever the caller's environment says.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
+# Calibrations a test does not direct elsewhere (zoo and leaderboard runs of calibrated solvers) go to a
+# fresh directory of this session, never the user's ~/.cache, and never reuse an earlier session's files.
+os.environ["NFEBENCH_CALIBRATION_CACHE"] = tempfile.mkdtemp(prefix="nfebench-calibration-")
+atexit.register(shutil.rmtree, os.environ["NFEBENCH_CALIBRATION_CACHE"], True)
 
 # The checkout first on sys.path, before anything imports it: so this cannot use common.paths.REPO.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
