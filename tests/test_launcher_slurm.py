@@ -154,3 +154,24 @@ def test_unknown_partition_is_one_line_before_submission(slurm, tmp_path):
     assert bad.stderr.strip().splitlines() == [
         "nfebench: error: SLURM partition 'no_such_partition' does not exist (see `sinfo`); set hydra.launcher.partition=..."]
     assert not (tmp_path / ".submitit").exists()
+
+
+def test_calibration_is_its_own_slurm_job_and_the_sampling_sweep_requires_it(slurm, tmp_path):
+    # DPM-Solver-v3's EMS (small settings): calibrate_only=true as one SLURM job, then a sampling sweep at two
+    # NFE with calibration.mode=require finds that one file (its key does not depend on the NFE)
+    common = ["model=gaussian", "solver=dpm_solver_v3", "solver.ems_points=41", "solver.ems_samples=8",
+              "solver.ems_batch=8", f"calibration.dir={tmp_path / 'cal'}", "num_samples=20", "grid_images=0",
+              "launcher=slurm"]
+    first = launch("-m", *common, "nfe=5", "calibrate_only=true", f"hydra.sweep.dir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr
+    (rec,) = records(tmp_path / "a").values()
+    assert rec["status"] == "calibrated" and rec["metrics"] == {}
+    ems = rec["calibration"]["ems"]
+    assert ems["status"] == "computed" and ems["nfe"] > 0
+    assert len(array_jobs(tmp_path / "a")) == 1
+    second = launch("-m", *common, "nfe=5,8", "calibration.mode=require", f"hydra.sweep.dir={tmp_path / 'b'}")
+    assert second.returncode == 0, second.stderr
+    recs = records(tmp_path / "b").values()
+    assert sorted(r["nfe"]["counted"] for r in recs) == [5, 8]
+    assert all(r["status"] == "complete" and r["calibration"]["ems"]["status"] == "hit" for r in recs)
+    assert {r["calibration"]["ems"]["file"] for r in recs} == {ems["file"]}
