@@ -149,13 +149,14 @@ def solver_defaults(name: str):
     return opts, OmegaConf.to_container(OmegaConf.load(CONFIGS / "schedule" / f"{grid}.yaml"))
 
 
-# Options that let a calibrated solver run without its calibration, on networks that name no data (the miniatures);
-# the calibration's own path has the solver's tests
-WITHOUT_CALIBRATION = {"dpm_solver_v3": {"degenerated": True}}
+# Calibrated solvers on the miniatures: DPM-Solver-v3 without its EMS (they need training images the miniatures
+# name none of), DC-Solver with a small fit that still differentiates through each family's network
+CHEAP_CALIBRATION = {"dpm_solver_v3": {"degenerated": True}, "dc_solver": {"iterations": 2, "n_noises": 2}}
 
 
 def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
     """Every registered solver, with its defaults, samples a finite batch and spends exactly its NFE rule."""
+    from launch import calibration
     from launch.run import plan, sample_batches
     from sampling.registry import SOLVERS
 
@@ -164,12 +165,13 @@ def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
         if needs and not all(hasattr(model, n) for n in needs):
             continue  # a solver that declares a model method this model lacks (dlg: the noise-level posterior)
         opts, schedule = solver_defaults(solver)
-        opts.update(WITHOUT_CALIBRATION.get(solver, {}))
+        opts.update(CHEAP_CALIBRATION.get(solver, {}))
         nfe = max(6, get_solver(solver).min_nfe(**{k: v for k, v in opts.items() if k != "name"}))
         cfg = {"nfe": nfe, "num_samples": 1, "batch_size": 1, "seed": 0, "sample_offset": 0, "t_end": None,
                "dtype": "float32", "model": model_cfg, "solver": dict(opts), "schedule": schedule}
-        p, out = plan(cfg), []
-        counted = sample_batches(cfg, p, model, torch.device("cpu"), lambda x, x0, idx: out.append(x)).counted
+        p, out, cpu = plan(cfg), [], torch.device("cpu")
+        calibrated, _ = calibration.prepare(cfg, p, model, cpu)  # into the session's NFEBENCH_CALIBRATION_CACHE
+        counted = sample_batches(cfg, p, model, cpu, lambda x, x0, idx: out.append(x), calibrated).counted
         assert counted == p.spec.cost(p.steps, **p.solver_opts) <= nfe, solver
         assert out[0].shape == (1, *sample_shape) and bool(torch.isfinite(out[0]).all()), solver
 
