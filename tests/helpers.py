@@ -149,9 +149,11 @@ def solver_defaults(name: str):
     return opts, OmegaConf.to_container(OmegaConf.load(CONFIGS / "schedule" / f"{grid}.yaml"))
 
 
+# A small DC-Solver fit (it is refitted for every grid): still through the corrector's model call, still cached
+CHEAP_FIT = {"dc_solver": {"iterations": 2, "n_noises": 2}}
 # Calibrated solvers on the miniatures: DPM-Solver-v3 without its EMS (they need training images the miniatures
 # name none of), DC-Solver with a small fit that still differentiates through each family's network
-CHEAP_CALIBRATION = {"dpm_solver_v3": {"degenerated": True}, "dc_solver": {"iterations": 2, "n_noises": 2}}
+CHEAP_CALIBRATION = {**CHEAP_FIT, "dpm_solver_v3": {"degenerated": True}}
 
 
 def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:

@@ -17,7 +17,7 @@ from launch.run import load_model, plan, sample_batches
 from common.errors import NfebenchError
 from sampling.registry import SOLVERS, get_solver
 
-from helpers import solver_defaults
+from helpers import CHEAP_FIT, solver_defaults
 
 get_solver("ddim")  # imports every solver module, so SOLVERS is complete
 MAX_NFE = 50
@@ -48,7 +48,7 @@ def _cases():
         opts, schedule = solver_defaults(name)
         for extra in [{}] + VARIANTS.get(name, []):
             label = "-".join(f"{k}={v}" for k, v in extra.items()) or "default"
-            yield pytest.param(name, {**opts, **extra}, schedule, id=f"{name}-{label}")
+            yield pytest.param(name, {**opts, **CHEAP_FIT.get(name, {}), **extra}, schedule, id=f"{name}-{label}")
 
 
 @pytest.mark.parametrize("name,opts,schedule", list(_cases()))

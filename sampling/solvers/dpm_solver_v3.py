@@ -25,7 +25,8 @@ published numbers were made; ``half_rule: paper`` where t <= 0.5, as its README 
 """
 from __future__ import annotations
 
-import hashlib
+import functools
+import weakref
 import math
 from collections import deque
 
@@ -103,21 +104,26 @@ def step_coeffs(q, t: int, alpha_s, alpha_t, nodes, pseudo):
     return K, W, c
 
 
-_PLANS: dict = {}
+_PLANS: dict = {}  # one run at a time: the newest plan only
+STATS = ("l", "s", "b", "lambdas")
 
 
 def plan(noise, ts, stats: dict, like: torch.Tensor, order, p_pseudo, c_pseudo, use_corrector, half, half_rule,
          lower_order_final):
     """Snapped model times, F_k = (1 - l_k)/alpha_k, and each step's predictor and corrector (or None), as
     tensors like ``like``; cached per run (the same stats, grid and options for every batch)."""
-    digest = hashlib.sha1(b"".join(np.ascontiguousarray(stats[k]).tobytes() for k in ("l", "s", "b", "lambdas")))
-    key = (id(noise), tuple(float(t) for t in ts), digest.hexdigest(), like.device, like.dtype, order, p_pseudo,
-           c_pseudo, use_corrector, half, half_rule, str(lower_order_final))
-    if key not in _PLANS:
-        _PLANS.clear()  # one run at a time: keep only the newest plan
-        _PLANS[key] = _build(noise, ts, stats, like, order, p_pseudo, c_pseudo, use_corrector, half, half_rule,
-                             lower_order_final)
-    return _PLANS[key]
+    # The stats are the same arrays for every batch of a run (handed over once by the calibration stage), so
+    # they are keyed by identity, with weak references against a reused id: hashing their contents per batch
+    # cost more than the whole solver at 256x256.
+    key = (id(noise), tuple(float(t) for t in ts), tuple(id(stats[k]) for k in STATS), like.device, like.dtype,
+           order, p_pseudo, c_pseudo, use_corrector, half, half_rule, str(lower_order_final))
+    hit = _PLANS.get(key)
+    if hit is None or any(ref() is not stats[k] for ref, k in zip(hit[0], STATS)):
+        _PLANS.clear()
+        hit = _PLANS[key] = ([weakref.ref(stats[k]) for k in STATS],
+                             _build(noise, ts, stats, like, order, p_pseudo, c_pseudo, use_corrector, half,
+                                    half_rule, lower_order_final))
+    return hit[1]
 
 
 def _build(noise, ts, stats, like, order, p_pseudo, c_pseudo, use_corrector, half, half_rule, lower_order_final):
@@ -154,7 +160,8 @@ def _apply(coeffs, x, fs):
     return out
 
 
-def degenerated_stats(noise, ts, points: int, shape) -> dict:
+@functools.lru_cache(maxsize=4)  # the same arrays for every batch, so the plan cache finds them
+def degenerated_stats(noise, ts: tuple, points: int, shape) -> dict:
     """l = 1, s = 0, b = 0 on the EMS grid: DPM-Solver++'s parameterisation."""
     lam = ems.lambda_grid(noise, float(ts[0]), float(ts[-1]), points)
     ones = np.ones((len(lam), *shape))
@@ -198,7 +205,7 @@ def sample_dpm_solver_v3(model, x, ts, noise, rng=None, order: int = 3, p_pseudo
                          ems_samples: int = 64, ems_probes: int = 1, ems_seed: int = 0, ems_batch: int = 64,
                          ems_data=None, calibration=None):
     if degenerated:
-        calibration = degenerated_stats(noise, ts, ems_points, tuple(x.shape[1:]))
+        calibration = degenerated_stats(noise, tuple(float(t) for t in ts), ems_points, tuple(x.shape[1:]))
     elif calibration is None:
         raise NfebenchError("dpm_solver_v3 needs its EMS (calibration=); run it through launch.py, or "
                             "set degenerated=true")
