@@ -244,3 +244,18 @@ def test_the_readme_error_table_command_runs():
     assert 0 < full < low < 0.01  # full rank is closer to the exact path than rank 8 at sigma 80
     spent = [line for line in r.stdout.splitlines() if "teleport.skip=0.4 rank full" in line]
     assert spent and spent[0].split("|")[2].strip() == "6"
+
+
+def test_golden_full_loop_dpmpp_with_a_teleport_on_digits(tmp_path):
+    # Golden values from this implementation (2026-12-02, after the issue-16 merge), a regression pin: digits,
+    # dpmpp at nfe=10 on logsnr, teleport.skip=0.3 with the exact moments, float64, seed 0, samples 0-2.
+    cfg = compose_cfg("model=digits", "nfe=10", "teleport.skip=0.3", "dtype=float64", f"calibration.dir={tmp_path}")
+    p, model = plan(cfg), load_model(cfg)
+    calibrated, _ = calibration.prepare(cfg, p, model, torch.device("cpu"))
+    x, _, counter = sample_batch(cfg, p, model, range(3), torch.device("cpu"), calibrated=calibrated)
+    assert counter.count == 7  # 3 of the 10 steps teleported
+    got = x.flatten()[[0, 7, 20, 45, 63, 100, 150]].tolist()
+    np.testing.assert_allclose(got, [-0.7423144815586374, -0.862630158637019, 0.052181610443377185,
+                                     0.568375924119494, -0.8273907286367652, 0.8688486427055389,
+                                     -1.0317321647802304], rtol=1e-10, atol=1e-12)
+    assert float(x.sum()) == pytest.approx(-72.98319799002203, rel=1e-10)
