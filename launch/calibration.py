@@ -44,8 +44,7 @@ def options(cfg: dict) -> tuple[str, Path]:
 def needs(cfg: dict, p) -> list[Need]:
     """What this run's plan asks to be calibrated (none for most solvers): the solver's need, and the data
     statistics of a teleport (sampling/teleport.py)."""
-    hand = getattr(p, "teleport", None)
-    return [n for n in (p.calibration, hand.need if hand else None) if n]
+    return [n for n in (p.calibration, p.teleport and p.teleport.need) if n]
 
 
 def fingerprint(model, cfg: dict) -> str:
