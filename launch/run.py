@@ -88,6 +88,7 @@ class SampleStats:
     sample_s: float  # the batch loop: RNG, solver, counter and model (not decoding, not metrics)
     decode_s: float  # latent models' decoder, after sampling (not an NFE)
     compute: dict = field(default_factory=dict)  # MACs and seconds per call configuration (models/counter.py)
+    setup: dict | None = None  # evaluations on run-level state shared by later batches (solver's run_state)
 
 
 def plan(cfg: dict) -> Plan:
@@ -199,13 +200,16 @@ def _progress(batches, desc: str, **kw):
     return tqdm(batches, desc=desc, disable=None, leave=False, dynamic_ncols=True, **kw)
 
 
-def sample_batch(cfg: dict, p: Plan, model, idx, device, seeds=None, trace=False, calibrated=None):
+def sample_batch(cfg: dict, p: Plan, model, idx, device, seeds=None, trace=False, calibrated=None, run_state=None):
     """(samples, initial noise, counter) of the samples in idx; everything random comes from (seed, i).
 
     seeds: the indices' generator seeds (sampling.seeds.sample_seeds), if already computed.
     trace: the counter keeps a reduction per call, to locate a NaN (a replay of a failed batch).
-    calibrated: {kind: arrays} from launch.calibration.prepare, when the plan needs calibration."""
+    calibrated: {kind: arrays} from launch.calibration.prepare, when the plan needs calibration.
+    run_state: what the solver keeps across the run's batches (SolverSpec.run_state), if anything."""
     extra = {"calibration": calibrated[p.calibration.kind]} if p.calibration else {}
+    if run_state is not None:
+        extra["run_state"] = run_state
     rng = SampleNoise(cfg["seed"], idx, model.shape, dtype=p.dtype, device=device, seeds=seeds)
     x_start = float(model.noise.sigma(p.t_start)) * rng.draw()
     x = x_start
@@ -231,18 +235,23 @@ def sample_batches(cfg: dict, p: Plan, model, device, on_batch, calibrated=None)
     counted, evals, tally = set(), set(), ComputeTally()
     start = time.perf_counter()
     seeds = sample_seeds(cfg["seed"], range(first, first + n))  # one vectorised call for the whole run
+    state = p.spec.run_state(cfg["seed"], model.shape, p.dtype, device, **p.solver_opts) if p.spec.run_state else None
+    setup_rows = setup_evals = 0
     model_s, sample_s, decode_s = 0.0, time.perf_counter() - start, 0.0
     for lo in _progress(range(0, n, bs), "sampling", unit="batch"):
         idx = range(first + lo, first + min(lo + bs, n))
         start = time.perf_counter()
-        x, x_start, counter = sample_batch(cfg, p, model, idx, device, seeds[lo: lo + bs], calibrated=calibrated)
+        x, x_start, counter = sample_batch(cfg, p, model, idx, device, seeds[lo: lo + bs], calibrated=calibrated,
+                                           run_state=state)
         if not bool(torch.isfinite(x).all()):  # the loop's one host sync per batch
             # deterministic per sample, so a traced replay of this batch finds the step
-            traced = sample_batch(cfg, p, model, idx, device, seeds[lo: lo + bs], trace=True, calibrated=calibrated)[2]
+            traced = sample_batch(cfg, p, model, idx, device, seeds[lo: lo + bs], trace=True, calibrated=calibrated,
+                                  run_state=state)[2]
             raise NfebenchError(_nonfinite_message(traced))
         sample_s += time.perf_counter() - start
         counted.add(counter.count)
         evals.add(counter.network_evals)
+        setup_rows, setup_evals = setup_rows + counter.setup_rows, setup_evals + counter.setup_evals
         tally.add(counter)
         model_s += counter.seconds
         if hasattr(model, "decode"):
@@ -252,7 +261,9 @@ def sample_batches(cfg: dict, p: Plan, model, device, on_batch, calibrated=None)
         on_batch(x, x_start, idx)
     if len(counted) != 1:
         raise NfebenchError(f"solver spent a different number of model evaluations per batch: {sorted(counted)}")
-    return SampleStats(counted.pop(), max(evals), model_s, sample_s, decode_s, tally.record(n))
+    setup = None if state is None else {"row_evals": setup_rows, "network_evals": setup_evals,
+                                        "nfe_per_sample": setup_rows / n}
+    return SampleStats(counted.pop(), max(evals), model_s, sample_s, decode_s, tally.record(n), setup)
 
 
 def _png_grid(images: torch.Tensor) -> bytes:
@@ -367,7 +378,11 @@ def build_record(cfg: dict, p: Plan, model, device, stats: SampleStats, results:
         "schedule": {**grid_config(cfg), "final_x0_step": p.final_x0, "t_grid": [float(t) for t in p.ts],
                      "edm_sigma_grid": [float(s) for s in model.noise.edm_sigma(p.ts)]},
         "nfe": {"requested": cfg["nfe"], "counted": stats.counted, "network_evals": stats.network_evals,
-                **paper_count(cfg, p.steps + p.final_x0, stats.counted)},
+                **paper_count(cfg, p.steps + p.final_x0, stats.counted),
+                # run-level state that later samples share (dlg's persistent chains): its evaluations are counted
+                # apart from the per-sample NFE; amortized = counted + their share per output sample
+                **({} if stats.setup is None else
+                   {"setup": stats.setup, "amortized_per_sample": stats.counted + stats.setup["nfe_per_sample"]})},
         # compute: multiply-accumulates per network configuration (DeepCache's partial calls are cheaper
         # than full ones) and wall time per call, beside NFE
         "compute": stats.compute,

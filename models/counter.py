@@ -63,6 +63,8 @@ class CountedDenoiser:
         self.count = 0
         self.network_evals = 0
         self._rows = 0  # rows evaluated by on_rows since its count last rose
+        self.setup_rows = 0  # rows evaluated by on_setup (not charged to this batch's NFE)
+        self.setup_evals = 0
         self.times: list[float] = []
         # trace: NaN and Inf propagate through a sum, so one device scalar per call (no host sync)
         # finds the first bad call after the batch. A finite float32 tensor whose sum overflows has
@@ -98,13 +100,26 @@ class CountedDenoiser:
         self._charge(whole)
         return self._evaluate(x, t, None if self.cond is None else self.cond[rows])
 
+    def on_setup(self, x, t: float):
+        """The model on rows of run-level state that later batches share (dlg's persistent chains: burn-in and
+        catch-up): not charged to this batch's NFE, which is per output sample, but tallied apart in
+        ``setup_rows`` (one per evaluated row) and ``setup_evals`` (calls). Its MACs and time count in compute."""
+        if self.cond is not None:
+            raise NfebenchError("run-level model state (persistent chains) needs an unconditional model")
+        self.setup_rows += len(x)
+        return self._evaluate(x, t, None, setup=True)
+
     def _charge(self, n: int):
         if self.budget is not None and self.count + n > self.budget:
             raise BudgetExceeded(f"solver asked for model evaluation {self.count + 1} with a budget of {self.budget} NFE")
         self.count += n
 
-    def _evaluate(self, x, t: float, cond):
-        self.network_evals += getattr(self.model, "evals_per_call", 1)
+    def _evaluate(self, x, t: float, cond, setup: bool = False):
+        evals = getattr(self.model, "evals_per_call", 1)
+        if setup:
+            self.setup_evals += evals
+        else:
+            self.network_evals += evals
         self.times.append(float(t))
         config = (x.shape, x.dtype, self._kind(x) if self._kind else "full")
         entry = self._by.get(config)

@@ -29,6 +29,9 @@ class SolverSpec:
     model_needs: tuple = ()
     # (ts, noise, dtype, **options) -> sampling.calibration.Need: the solver then gets ``calibration=`` arrays
     calibration: Callable | None = None
+    # (seed, shape, dtype, device, **options) -> an object the run keeps across its batches, passed as
+    # ``run_state=`` (dlg's persistent chains), or None; samples must still depend on (seed, i) only
+    run_state: Callable | None = None
 
     def min_nfe(self, **options) -> int:
         return self.cost(1, **options)

@@ -76,6 +76,16 @@ def sample_seed(seed: int, index: int) -> int:
     return sample_seeds(seed, [index])[0]
 
 
+def draw_rows(gens, shape, dtype, device) -> torch.Tensor:
+    """One N(0, I) draw of the given shape from each generator, stacked."""
+    # normal_ into each sample's slice of one buffer: the same numbers as torch.randn per sample
+    # and a stack, without the per-sample tensors
+    out = torch.empty((len(gens), *shape), dtype=DRAW_DTYPE)
+    for row, g in zip(out, gens):
+        row.normal_(generator=g)
+    return out.to(device=device, dtype=dtype)
+
+
 class SampleNoise:
     """Standard normal draws for a batch of samples with their own streams.
 
@@ -84,6 +94,7 @@ class SampleNoise:
     """
 
     def __init__(self, seed: int, indices, shape, dtype=torch.float64, device="cpu", seeds=None):
+        self.seed = int(seed)
         self.indices = [int(i) for i in indices]
         self.shape = tuple(shape)
         self.dtype, self.device = dtype, torch.device(device)
@@ -92,12 +103,7 @@ class SampleNoise:
 
     def draw(self) -> torch.Tensor:
         """One fresh N(0, I) tensor of shape (batch, *shape)."""
-        # normal_ into each sample's slice of one buffer: the same numbers as torch.randn per sample
-        # and a stack, without the per-sample tensors
-        out = torch.empty((len(self._gens), *self.shape), dtype=DRAW_DTYPE)
-        for row, g in zip(out, self._gens):
-            row.normal_(generator=g)
-        return out.to(device=self.device, dtype=self.dtype)
+        return draw_rows(self._gens, self.shape, self.dtype, self.device)
 
     def like(self, x: torch.Tensor) -> torch.Tensor:
         return self.draw().to(dtype=x.dtype)

@@ -99,8 +99,8 @@ def test_zero_chain_steps_is_the_plain_solver_then_tweedie_bit_for_bit(ode):
     assert counter.count == get_solver(ode).cost(8) + 1
 
 
-def _run(nfe, n=6, **opts):
-    cfg = {"nfe": nfe, "num_samples": n, "batch_size": n, "seed": 0, "sample_offset": 0, "t_end": None,
+def _run(nfe, n=6, bs=None, offset=0, **opts):
+    cfg = {"nfe": nfe, "num_samples": n, "batch_size": bs or n, "seed": 0, "sample_offset": offset, "t_end": None,
            "dtype": "float64", "model": {"family": "gaussian", "shape": [1, 4, 4],
                                          "noise_schedule": {"name": "vp_linear"}},
            "solver": {**compose_cfg("solver=dlg")["solver"], **opts}, "schedule": {"name": "logsnr"}}
@@ -189,3 +189,88 @@ def test_golden_full_loop():
 
 
 GOLDEN = (-0.008432810136837604, 0.47683029653095393)
+
+
+# --- persistent chains: sample i is chain i mod C's round i // C ---------------------------------------------------
+
+CHAIN = {"burn_in": 5, "mcmc_steps": 4, "posterior": "sample"}
+
+
+def test_persistent_chains_with_a_chain_per_sample_are_the_per_sample_mode_bit_for_bit():
+    """Chain j starts from sample j's prior draw and continues sample j's stream: with C >= the samples every sample
+    is its chain's round 0, which is the per-sample chain. The burn-in moves from the per-sample NFE to set-up, so
+    the persistent budget is burn_in lower for the same ODE steps."""
+    p1, s1, x1 = _run(40, **CHAIN)
+    p2, s2, x2 = _run(35, chains="persistent", num_chains=8, **CHAIN)
+    assert p1.steps == p2.steps and torch.equal(x1, x2)
+    assert (s1.counted, s2.counted) == (40, 35) and s1.setup is None
+    assert s2.setup == {"row_evals": 6 * 5, "network_evals": s2.setup["network_evals"], "nfe_per_sample": 5.0}
+
+
+def test_a_later_round_continues_its_chain():
+    """Sample C + j is chain j after burn_in + mcmc_steps sweeps: the per-sample chain of sample j with that much
+    burn-in, bit for bit -- so samples j and C + j share a chain (correlated), as the record says."""
+    c = 3
+    _, _, persistent = _run(35, n=6, chains="persistent", num_chains=c, **CHAIN)
+    _, _, longer = _run(44, n=c, **{**CHAIN, "burn_in": CHAIN["burn_in"] + CHAIN["mcmc_steps"]})
+    assert torch.allclose(persistent[c:], longer, rtol=0, atol=1e-12)  # rows evaluated in other groups
+    assert not torch.allclose(persistent[:c], persistent[c:])
+
+
+def test_persistent_samples_do_not_depend_on_batching_or_sharding_and_replays_are_set_up():
+    """10 samples from 3 chains, in batches of 10, 4 (straddling rounds) and 1, and as two shards; a shard starting
+    at sample 5 first replays the chains' earlier rounds, counted as set-up, never in the per-sample NFE."""
+    opts = {"chains": "persistent", "num_chains": 3, **CHAIN}
+    outs, setups = [], []
+    for bs in (10, 4, 1):
+        p, stats, x = _run(35, n=10, bs=bs, **opts)
+        outs.append(x)
+        setups.append(stats.setup["row_evals"])
+        assert stats.counted == 35 == p.cost
+    for x in outs[1:]:
+        assert torch.allclose(outs[0], x, rtol=0, atol=1e-12)
+    assert setups == [3 * 5] * 3  # each chain burns in once, whatever the batching
+    _, head, first = _run(35, n=5, bs=2, **opts)
+    _, tail, second = _run(35, n=5, bs=2, offset=5, **opts)
+    assert torch.allclose(torch.cat([first, second]), outs[0], rtol=0, atol=1e-12)
+    # the shard's chains 2 (round 1), 0 and 1 (round 2) catch up: 3 burn-ins and 1 + 2 + 2 earlier rounds
+    assert tail.setup["row_evals"] == 3 * 5 + 5 * 4 and head.setup["row_evals"] == 3 * 5
+
+
+def test_a_replayed_batch_restarts_its_chains():
+    """The batch loop replays a non-finite batch with the same run state: a chain already past the round starts
+    again, so the replay gives the same samples."""
+    model = gaussian()
+    spec = get_solver("dlg")
+    opts = {**compose_cfg("solver=dlg")["solver"], "chains": "persistent", "num_chains": 2, **CHAIN}
+    opts.pop("name")
+    ts = make_grid(model.noise, 12, "logsnr")
+    pool = spec.run_state(0, model.shape, torch.float64, "cpu", **opts)
+    outs = []
+    for _ in range(2):
+        rng = SampleNoise(0, range(2, 4), model.shape)
+        x = float(model.noise.sigma(ts[0])) * rng.draw()
+        outs.append(spec.fn(CountedDenoiser(model, None), x, ts, model.noise, rng, run_state=pool, **opts))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_persistent_record_through_launch(tmp_path):
+    r = launch("model=gaussian", "solver=dlg", "nfe=20", "num_samples=6", "batch_size=4", "solver.chains=persistent",
+               "solver.num_chains=4", "solver.burn_in=6", "solver.mcmc_steps=3", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "record.json").read_text())
+    nfe, solver = rec["nfe"], rec["solver"]
+    assert nfe["counted"] == 20 == solver["nfe_per_sample"] == solver["paper_nfe_approx"]
+    assert nfe["setup"]["row_evals"] == 4 * 6 and nfe["setup"]["nfe_per_sample"] == pytest.approx(4)
+    assert nfe["amortized_per_sample"] == pytest.approx(24)
+    assert solver["nfe_burn_in_per_chain"] == 6 and solver["num_chains"] == 4 and "correlated" in solver["chains"]
+
+
+@pytest.mark.parametrize("args,message", [(["solver.chains=shared"], "unknown dlg chains 'shared'"),
+                                          (["solver.chains=persistent", "solver.num_chains=0"], "num_chains >= 1")])
+def test_bad_chain_options_are_one_line_errors(tmp_path, args, message):
+    r = launch("model=gaussian", "solver=dlg", "nfe=40", "num_samples=4", "batch_size=4", *args,
+               f"hydra.run.dir={tmp_path}")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and err[0].startswith("nfebench: error:") and message in err[0], r.stderr
+    assert not (tmp_path / "record.json").exists()
