@@ -68,6 +68,17 @@ def merged_suite(cfg: dict, shards: list[dict]):
     return suite
 
 
+def merged_nfe(parts: list[dict], num_samples: int) -> dict:
+    """The shards' NFE block (the per-sample count is the same in all); run-level set-up (dlg's persistent chains)
+    was paid by each shard, so it adds up."""
+    out = dict(parts[0])
+    if "setup" in out:
+        rows, evals = (sum(p["setup"][k] for p in parts) for k in ("row_evals", "network_evals"))
+        out["setup"] = {"row_evals": rows, "network_evals": evals, "nfe_per_sample": rows / num_samples}
+        out["amortized_per_sample"] = out["counted"] + rows / num_samples
+    return out
+
+
 def merge_group(shards: list[dict]) -> tuple[dict, dict]:
     """(merged record, merged metric state) for one group of shards."""
     lo, hi = check_ranges(shards)
@@ -87,6 +98,7 @@ def merge_group(shards: list[dict]) -> tuple[dict, dict]:
               "timing": {**timing, "summed_over_shards": True},
               **({"compute": merge_compute([r["compute"] for r in shards], hi - lo)}
                  if all("compute" in r for r in shards) else {}),
+              "nfe": merged_nfe([r["nfe"] for r in shards], hi - lo),
               "shards": [{"path": r["_path"], "index_range": r["samples"]["index_range"],
                           "config_hash": r["config_hash"]} for r in shards]}
     return record, suite.state()

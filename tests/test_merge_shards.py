@@ -66,3 +66,17 @@ def test_merge_cli_bad_input_is_one_line(tmp_path, capsys):
     assert merge_main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "merged").exists()
+
+
+def test_run_level_set_up_adds_up_over_shards():
+    """dlg's persistent chains: each shard burned in (and replayed) its chains, so the merged set-up is the sum."""
+    from results.merge import merged_nfe
+
+    parts = [{"requested": 20, "counted": 20, "setup": {"row_evals": 120, "network_evals": 40, "nfe_per_sample": 1.2},
+              "amortized_per_sample": 21.2},
+             {"requested": 20, "counted": 20, "setup": {"row_evals": 300, "network_evals": 60, "nfe_per_sample": 3.0},
+              "amortized_per_sample": 23.0}]
+    got = merged_nfe(parts, 200)
+    assert got["setup"] == {"row_evals": 420, "network_evals": 100, "nfe_per_sample": 2.1}
+    assert got["amortized_per_sample"] == pytest.approx(22.1) and got["counted"] == 20
+    assert merged_nfe([{"requested": 6, "counted": 6}], 60) == {"requested": 6, "counted": 6}
