@@ -18,7 +18,7 @@ from launch.bench.outputs import REFERENCE, compare_outputs, current_outputs, lo
 from launch.bench.planning import NFE, Case, NearFree, compose, draws_per_batch, is_stochastic, noise_schedule, \
     passes_per_batch, run_solver, solver_names
 from sampling.seeds import SampleNoise
-from launch.bench.solvers import floor, floor_coefficients, without_noise
+from launch.bench.solvers import floor, floor_coefficients, over_op_bound, without_noise
 
 
 def test_ratios_are_per_round_then_median_and_scale_by_nfe():
@@ -201,3 +201,12 @@ def test_pass_counts_of_the_floor_and_of_small_solvers_follow_their_update_rules
         passes, nfe = passes_per_batch(case, model, x)
         counts[name] = (passes.total, nfe, dict(passes.random))
     assert counts == {"ddim": (3 * NFE, NFE, {}), "ddpm": (4 * NFE, NFE, {})}
+
+
+def test_op_bound_footnote_lists_deterministic_solvers_above_the_goal_and_noisy_ones_apart():
+    rows = {"a": {"op_bound": 1.6, "stochastic": False}, "b": {"op_bound": 1.5, "stochastic": False},
+            "c": {"op_bound": 2.5, "stochastic": False}, "d": {"op_bound": 1.9, "stochastic": True}}
+    lines = over_op_bound({"8x8": {"solvers": rows}, "4x4": {"solvers": {"b": rows["b"]}}})
+    assert lines[2] == "- At 8x8, op bound above 1.5x (floor goal out of reach at these passes): c 2.50x, a 1.60x; " \
+                       "drawing noise: d 1.90x."
+    assert lines[3] == "- At 4x4, op bound above 1.5x (floor goal out of reach at these passes): none."

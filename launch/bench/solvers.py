@@ -195,9 +195,6 @@ def goals(shapes: dict, check: list[dict]) -> list[Goal]:
         rows = res["solvers"].values()
         out.append(Goal(f"every solver <= {FLOOR_GOAL}x the floor per NFE at {label} (worst)",
                         max(r["vs_floor"] for r in rows), FLOOR_GOAL))
-        out.append(Goal(f"(what the floor goal needs) every solver's op bound, its full-tensor passes per NFE over "
-                        f"the floor's, <= {FLOOR_GOAL}x at {label} (worst)", max(r["op_bound"] for r in rows),
-                        FLOOR_GOAL))
         shared = [r for r in rows if "vs_diffusers" in r]
         for kind, key, which in (("deterministic", "vs_diffusers", lambda r: not r["stochastic"]),
                                  ("stochastic", "vs_diffusers", lambda r: r["stochastic"]),
@@ -216,16 +213,22 @@ def goals(shapes: dict, check: list[dict]) -> list[Goal]:
 
 
 def over_op_bound(shapes: dict) -> list[str]:
-    """The goal table's footnote: which solvers cannot meet the floor goal by cutting overhead alone."""
-    lines = [f"Op bound (measured by counting, see Per solver): a solver whose full-tensor passes per NFE exceed "
-             f"{FLOOR_GOAL}x the floor's cannot meet the floor goal, even with everything but those passes free, "
-             f"unless its implementation makes fewer passes over the tensors."]
+    """The goal table's footnote (not a goal of its own): which solvers the floor goal is out of reach for
+    without fewer passes over the tensors, as counted."""
+    lines = [f"Op bound and the floor goal, as counted (`ops / NFE` under Per solver): if every full-tensor pass "
+             f"costs what a floor pass costs, a solver whose op bound (passes per NFE over the floor's) exceeds "
+             f"{FLOOR_GOAL}x stays above {FLOOR_GOAL}x the floor even with everything but its passes free, so the "
+             f"floor goal cannot be met for it without fewer passes over the tensors. Configs that draw noise are "
+             f"held to floor+randn, whose time the draws dominate: an op bound above {FLOOR_GOAL}x does not rule "
+             f"the goal out for them, and they are listed apart."]
     for label, res in shapes.items():
-        over = sorted(((n, r["op_bound"]) for n, r in res["solvers"].items() if r["op_bound"] > FLOOR_GOAL),
-                      key=lambda t: -t[1])
-        lines.append(f"At {label}, op bound above {FLOOR_GOAL}x: "
-                     + (", ".join(f"{n} {b:.2f}x" for n, b in over) if over else "none") + ".")
-    return [" ".join(lines[:1]), "", *[f"- {line}" for line in lines[1:]], ""]
+        over = sorted(((n, r) for n, r in res["solvers"].items() if r["op_bound"] > FLOOR_GOAL),
+                      key=lambda t: -t[1]["op_bound"])
+        det = [f"{n} {r['op_bound']:.2f}x" for n, r in over if not r["stochastic"]]
+        sto = [f"{n} {r['op_bound']:.2f}x" for n, r in over if r["stochastic"]]
+        lines.append(f"At {label}, op bound above {FLOOR_GOAL}x (floor goal out of reach at these passes): "
+                     + (", ".join(det) or "none") + (f"; drawing noise: {', '.join(sto)}" if sto else "") + ".")
+    return [lines[0], "", *[f"- {line}" for line in lines[1:]], ""]
 
 
 def body(shapes: dict, check: list[dict]) -> list[str]:
