@@ -13,10 +13,12 @@ from common.paths import REPO
 from launch.bench.loop import loop_share
 from launch.bench.report import Goal, goal_table, interleaved, median_ratio, round_ratios
 from launch.bench.diffusers_loops import DIFFUSERS, diffusers_draws, diffusers_nfe, make_scheduler
+from launch.bench.ops import count_passes
 from launch.bench.outputs import REFERENCE, compare_outputs, current_outputs, load_reference
 from launch.bench.planning import NFE, Case, NearFree, compose, draws_per_batch, is_stochastic, noise_schedule, \
-    run_solver, solver_names
-from launch.bench.solvers import floor, floor_coefficients, without_noise
+    passes_per_batch, run_solver, solver_names
+from sampling.seeds import SampleNoise
+from launch.bench.solvers import floor, floor_coefficients, over_op_bound, without_noise
 
 
 def test_ratios_are_per_round_then_median_and_scale_by_nfe():
@@ -157,3 +159,54 @@ def test_without_noise_takes_one_randn_per_counted_draw_from_each_side():
     # per round (12-10)/(19-9), (14-10)/(19-9), (13-10)/(19-9): median 0.3; all but the draws free: 10/19
     assert row["vs_diffusers_without_noise"] == pytest.approx(0.3)
     assert row["noise_bound"] == pytest.approx(10 / 19)
+
+
+def test_pass_counter_counts_data_touching_ops_on_batch_sized_tensors_only():
+    x = torch.randn(4, 3, 2, 2)
+    n = x.numel()
+
+    def views(_):
+        x.view(-1), x.reshape(4, -1), x.detach(), x[:, 0], x.transpose(0, 1)
+        x.unsqueeze(0).expand(2, *x.shape), torch.empty_like(x), x.as_strided((4,), (1,))
+        x[:1] * 2  # a quarter of the batch: not a pass over it
+
+    assert count_passes(views, n).total == 0
+    c = count_passes(lambda _: (x + 1, x.mul_(1.0), x.sum(), x.clone(), torch.randn(x.shape)), n)
+    assert c.total == 4  # add, mul_, a reduction (reads the batch), clone
+    assert dict(c.random) == {"aten.randn.default": 1}
+
+
+def test_pass_counter_hides_the_noise_sources_draws():
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64)
+    rng = SampleNoise(0, range(2), (3, 2, 2), dtype=torch.float64)  # its draw: per-sample normal_ + a float64 cast
+    assert count_passes(lambda r: r.like(x) + x, x.numel(), rng).total == 1
+    assert count_passes(lambda _: rng.like(x) + x, x.numel()).total == 2  # the same draw, not hidden: its cast
+
+
+def test_pass_counts_of_the_floor_and_of_small_solvers_follow_their_update_rules():
+    noise = noise_schedule()
+    model = NearFree(noise, (2, 4, 4))
+    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    coeffs = floor_coefficients(noise, Case.plan("dpmpp", compose(["solver=dpmpp", "model=digits_unet"]),
+                                                 noise, NFE).ts)
+    # per step x * 0.5, mul_, add_ (m_{k-1}), add_ (m_{k-2}, from the second step): 4 per step but the first
+    xs = [x.clone(), x.clone()]
+    assert count_passes(lambda _: floor(xs[0], coeffs), x.numel()).total == 4 * len(coeffs) - 1
+    noisy = count_passes(lambda _: floor(xs[1], coeffs, torch.Generator(), 0.1), x.numel())
+    assert (noisy.total, sum(noisy.random.values())) == (5 * len(coeffs) - 1, len(coeffs))  # + the noise's add_
+    # ddim: x0 = x * 0.5, then a x + b x0 (mul, add_); ddpm adds sigma z (add_), its draw hidden
+    counts = {}
+    for name in ("ddim", "ddpm"):
+        case = Case.plan(name, compose([f"solver={name}", "model=digits_unet", f"nfe={NFE}"]), noise, NFE)
+        passes, nfe = passes_per_batch(case, model, x)
+        counts[name] = (passes.total, nfe, dict(passes.random))
+    assert counts == {"ddim": (3 * NFE, NFE, {}), "ddpm": (4 * NFE, NFE, {})}
+
+
+def test_op_bound_footnote_lists_deterministic_solvers_above_the_goal_and_noisy_ones_apart():
+    rows = {"a": {"op_bound": 1.6, "stochastic": False}, "b": {"op_bound": 1.5, "stochastic": False},
+            "c": {"op_bound": 2.5, "stochastic": False}, "d": {"op_bound": 1.9, "stochastic": True}}
+    lines = over_op_bound({"8x8": {"solvers": rows}, "4x4": {"solvers": {"b": rows["b"]}}})
+    assert lines[2] == "- At 8x8, op bound above 1.5x (floor goal out of reach at these passes): c 2.50x, a 1.60x; " \
+                       "drawing noise: d 1.90x."
+    assert lines[3] == "- At 4x4, op bound above 1.5x (floor goal out of reach at these passes): none."

@@ -135,3 +135,18 @@ def draws_per_batch(case: Case, model) -> int:
     rng = CountingNoise(SampleNoise(0, range(2), model.shape))
     run_solver(case, model, torch.randn(2, *model.shape, dtype=torch.float64), rng)
     return rng.draws
+
+
+def passes_per_batch(case: Case, model, x_start):
+    """Full-batch passes (ops.PassCounter) of one batch of this config, draws hidden, and its NFE: an
+    untimed probe on a copy of the timed inputs, after one uncounted run (calibration, caches) as the
+    timed rounds follow a warm-up round."""
+    from .ops import count_passes
+
+    def noise():
+        return SampleNoise(0, range(len(x_start)), model.shape, dtype=x_start.dtype)
+
+    run_solver(case, model, x_start.clone(), noise())
+    x, nfe = x_start.clone(), []
+    counter = count_passes(lambda rng: nfe.append(run_solver(case, model, x, rng)[1].count), x.numel(), noise())
+    return counter, nfe[0]
