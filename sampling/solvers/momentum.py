@@ -16,9 +16,10 @@ orders (m_k = min(m, k + 1)), so NFE = steps; v starts at the first step's d. ``
 instead takes PNDM's first PLMS step, the mean slope of a DDIM step's two ends (one extra call, NFE = steps + 1;
 later steps still combine only the grid-point eps), so that order 4 / 2 at beta = 1 is pndm's plms / s_pndm.
 
-HB runs on u_k = S_k v_k, the velocity in x units: u_k = (1 - beta) S_k/S_{k-1} u_{k-1} + beta S_k d_k, and
-x_{k+1} = keep_k x_k + [beta S_k d_k + (1 - beta) S_k/S_{k-1} u_{k-1}] -- one weighted sum over the same model
-outputs, so at beta = 1 (momentum weight 0, skipped) each step is the base solver's own sum.
+HB runs on u_k = S_k v_k, the velocity in x units: u_k = (1 - beta) S_k/S_{k-1} u_{k-1} + beta S_k d_k, one
+weighted sum over the model outputs and u_{k-1}, and x_{k+1} = keep_k x_k + u_k one more pass; where no later
+step reads u_k (at beta = 1 never) the step is the single sum keep_k x_k + beta S_k d_k + ..., so at beta = 1
+each step is the base solver's own sum.
 """
 from __future__ import annotations
 
