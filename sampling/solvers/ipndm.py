@@ -35,10 +35,14 @@ def _plan(noise, ts, order):
 @register_solver("ipndm", describe=_describe)
 def sample_ipndm(model, x, ts, noise, rng=None, order: int = 4):
     order = check_choice("ipndm order", int(order), (1, 2, 3, 4))
-    x = x.clone()  # the caller's x is never written
     history = History(order)  # sigma eps = x - alpha D, newest first
+    owned = None  # the caller's x is never written: the first step writes a new buffer, later ones update it
     for t, a, keep, weights in _plan(noise, ts, order):
         x0 = model(x, t)
         history.push(torch.sub(x, x0, alpha=a, out=history.buffer(x)))
-        add_combination_(x.mul_(keep), weights, history.items)  # x_e' = x_e + (s' - s) sum_j b_j eps_{k-j}
+        if owned is None:
+            x = owned = x.mul(keep)
+        elif keep != 1.0:
+            x.mul_(keep)
+        add_combination_(x, weights, history.items)  # x_e' = x_e + (s' - s) sum_j b_j eps_{k-j}
     return x

@@ -16,20 +16,23 @@ orders (m_k = min(m, k + 1)), so NFE = steps; v starts at the first step's d. ``
 instead takes PNDM's first PLMS step, the mean slope of a DDIM step's two ends (one extra call, NFE = steps + 1;
 later steps still combine only the grid-point eps), so that order 4 / 2 at beta = 1 is pndm's plms / s_pndm.
 
-HB runs on u_k = S_k v_k, the velocity in x units: u_k = (1 - beta) S_k/S_{k-1} u_{k-1} + beta S_k d_k, and
-x_{k+1} = keep_k x_k + [beta S_k d_k + (1 - beta) S_k/S_{k-1} u_{k-1}] -- one weighted sum over the same model
-outputs, so at beta = 1 (momentum weight 0, skipped) each step is the base solver's own sum.
+HB runs on u_k = S_k v_k, the velocity in x units: u_k = (1 - beta) S_k/S_{k-1} u_{k-1} + beta S_k d_k, one
+weighted sum over the model outputs and u_{k-1}, and x_{k+1} = keep_k x_k + u_k one more pass; where no later
+step reads u_k (at beta = 1 never) the step is the single sum keep_k x_k + beta S_k d_k + ..., so at beta = 1
+each step is the base solver's own sum.
 """
 from __future__ import annotations
 
 import math
 from collections import deque
 
+import torch
+
 from common.errors import NfebenchError
 from common.registry import check_choice
 from ..registry import register_solver
-from .expint import phi, predict
-from .grid import grid_coeffs
+from .expint import check_form, phi, predict
+from .grid import grid_coeffs, per_run
 from .multistep import combine, on_predictions
 from .orders import describe_multistep, multistep_orders
 
@@ -101,14 +104,35 @@ def _with_momentum(beta, keeps, scales, weights, on):
     return plan
 
 
-def _run_hb(form, model, x, g, plan, first=None):
-    history, u = deque(maxlen=max(len(w) for _, w, _ in plan)), x
-    for k, (keep, w, c_u) in enumerate(plan):
-        history.appendleft(predict(form, model, x, g.t[k], g.alpha[k], g.sigma[k]))
+def _hb_steps(form, g, plan):
+    """Per step (keep, weights on the predictions as given, the same on the history as kept, c_u, whether u_k
+    is formed): the eps history holds sigma eps = x - alpha x0, so its weights carry 1/sigma; u_k is formed
+    only where the next step's momentum reads it."""
+    eps = check_form(form) == "eps"
+    return [(keep, w, tuple(wj / g.sigma[k - j] for j, wj in enumerate(w)) if eps else w, c_u,
+             k + 1 < len(plan) and plan[k + 1][2] != 0.0) for k, (keep, w, c_u) in enumerate(plan)]
+
+
+def _run_hb(form, model, x, g, steps, first=None):
+    """u_k = c_u u_{k-1} + sum_j w_j m_{k-j} (a pass per term), then x_{k+1} = keep x_k + u_k in one more pass
+    (else the step is one combine). u and the eps history are this loop's own buffers, recycled; every x_{k+1}
+    is a new buffer, so that what the model saw and returned stays as it was (as multistep.run)."""
+    size = max(len(w) for _, w, _, _, _ in steps)
+    history, u = deque(maxlen=size), None
+    eps = form == "eps"
+    for k, (keep, w, w_m, c_u, make_u) in enumerate(steps):
+        m = model(x, g.t[k])
+        if eps:
+            m = torch.sub(x, m, alpha=g.alpha[k], out=history[-1] if len(history) == size else None)
+        history.appendleft(m)
         preds = list(history)[: len(w)]
-        if k == 0 and first is not None:  # w = (S_0,) on the first step
-            preds = [first(model, x, g, preds[0], keep, w[0])]
-        x, u = combine(keep, x, (*w, c_u), [*preds, u]), combine(c_u, u, w, preds)
+        if k == 0 and first is not None:  # w = (S_0,) on the first step; the slope is in eps itself
+            preds, w_m = [first(model, x, g, history[0].mul(1.0 / g.sigma[0]) if eps else history[0], keep, w[0])], w
+        if make_u:
+            u = combine(c_u, u, w_m, preds, out=u) if c_u != 0.0 else combine(w_m[0], preds[0], w_m[1:], preds[1:], out=u)
+            x = torch.add(u, x, alpha=keep)
+        else:
+            x = combine(keep, x, (*w_m, c_u), [*preds, u])
     return x
 
 
@@ -119,16 +143,22 @@ def _eps_setup(noise, ts, order, warmup):
     return (m, beta, _warmup(warmup), g, *_eps_steps(g, m))
 
 
-@register_solver("hb", steps=_steps, cost=_cost, describe=_describe)
-def sample_hb(model, x, ts, noise, rng=None, order: float = 3.8, warmup="ab"):
+@per_run
+def _hb_plan(noise, ts, order, warmup):
     m, beta, first, g, steps, orders = _eps_setup(noise, ts, order, warmup)
     w = [tuple(s * c for c in mixer_weights(o, 1.0)) for (_, s), o in zip(steps, orders)]
     on = [k > 0 for k in range(len(steps))]
-    return _run_hb("eps", model, x, g, _with_momentum(beta, *zip(*steps), w, on), first)
+    return g, _hb_steps("eps", g, _with_momentum(beta, *zip(*steps), w, on)), first
 
 
-@register_solver("hb_dpmpp", describe=_describe_dpmpp)
-def sample_hb_dpmpp(model, x, ts, noise, rng=None, order: float = 1.8, lower_order_final="below_10"):
+@register_solver("hb", steps=_steps, cost=_cost, describe=_describe)
+def sample_hb(model, x, ts, noise, rng=None, order: float = 3.8, warmup="ab"):
+    g, steps, first = _hb_plan(noise, ts, order, warmup)
+    return _run_hb("eps", model, x, g, steps, first)
+
+
+@per_run
+def _hb_dpmpp_plan(noise, ts, order, lower_order_final):
     m, beta = split_order(order, max_order=2)
     g = grid_coeffs(noise, ts)
     orders = multistep_orders(len(ts) - 1, m, lower_order_final)
@@ -139,16 +169,42 @@ def sample_hb_dpmpp(model, x, ts, noise, rng=None, order: float = 1.8, lower_ord
         E1.append(g.alpha[k + 1] * (h * phi(1, -h)))
         w.append(on_predictions(g, k, o, E1[k], E1[k] / 2))  # D0 + 1/2 D1 (2M), D0 (first and final steps)
     on = [o == 2 and orders[k - 1] == 2 for k, o in enumerate(orders)]  # v starts at the first 2M step
-    return _run_hb("data", model, x, g, _with_momentum(beta, keeps, E1, w, on))
+    return g, _hb_steps("data", g, _with_momentum(beta, keeps, E1, w, on))
+
+
+@register_solver("hb_dpmpp", describe=_describe_dpmpp)
+def sample_hb_dpmpp(model, x, ts, noise, rng=None, order: float = 1.8, lower_order_final="below_10"):
+    return _run_hb("data", model, x, *_hb_dpmpp_plan(noise, ts, order, lower_order_final))
+
+
+@per_run
+def _ghvb_plan(noise, ts, order, warmup):
+    """v_k = (1 - beta) v_{k-1} + beta eps_k (v_0 = eps_0) is kept as vt_k = v_k / c_k with c_0 = 1/sigma_0,
+    c_k = beta/sigma_k, so that vt_k = (x - alpha x0) + r_k vt_{k-1}: two passes into a recycled buffer.
+    Per step (keep, S_k, r_k, weights on the true slope (warm-up), weights on vt_k, vt_{k-1}, ...); the weights are
+    formed as hb's, so that beta = 1 is bit for bit hb's arithmetic."""
+    m, beta, first, g, steps, orders = _eps_setup(noise, ts, order, warmup)
+    b = [beta if k else 1.0 for k in range(len(steps))]
+    plan = []
+    for k, ((keep, s), o) in enumerate(zip(steps, orders)):
+        r = (1 - beta) * g.sigma[k] / g.sigma[k - 1] * b[k - 1] / beta if k and beta != 1.0 else 0.0
+        mix = tuple(s * w for w in mixer_weights(o, beta))
+        plan.append((keep, s, r, mix, tuple(w * b[k - j] / g.sigma[k - j] for j, w in enumerate(mix))))
+    return m, g, plan, first
 
 
 @register_solver("ghvb", steps=_steps, cost=_cost, describe=_describe)
 def sample_ghvb(model, x, ts, noise, rng=None, order: float = 3.8, warmup="ab"):
-    m, beta, first, g, steps, orders = _eps_setup(noise, ts, order, warmup)
-    vs = deque(maxlen=m)  # newest first
-    for k, ((keep, s), o) in enumerate(zip(steps, orders)):
-        eps = predict("eps", model, x, g.t[k], g.alpha[k], g.sigma[k])
-        vs.appendleft(eps if not vs else vs[0].mul(1 - beta).add_(eps, alpha=beta))
-        slopes = [first(model, x, g, vs[0], keep, s)] if k == 0 and first is not None else vs
-        x = combine(keep, x, tuple(s * c for c in mixer_weights(o, beta)), slopes)
+    m, g, plan, first = _ghvb_plan(noise, ts, order, warmup)
+    vs, spare = deque(maxlen=m), None  # newest first; spare: the buffer that last dropped out
+    for k, (keep, s, r, mix, w) in enumerate(plan):
+        v = torch.sub(x, model(x, g.t[k]), alpha=g.alpha[k], out=spare)
+        if r != 0.0:
+            v.add_(vs[0], alpha=r)
+        spare = vs[-1] if len(vs) == m else None
+        vs.appendleft(v)
+        if k == 0 and first is not None:
+            x = combine(keep, x, mix, [first(model, x, g, v.mul(1.0 / g.sigma[0]), keep, s)])
+        else:
+            x = combine(keep, x, w, vs)
     return x

@@ -19,10 +19,14 @@ from .grid import grid_coeffs, per_run
 from .orders import multistep_orders
 
 
-def combine(keep: float, x, weights, preds):
+def combine(keep: float, x, weights, preds, out=None):
     """keep * x + sum_j weights[j] * preds[j], written into one new buffer (x and preds are left alone:
-    the model may still hold x, and preds stay in the history)."""
-    out = x.mul(keep)
+    the model may still hold x, and preds stay in the history), or into ``out``, a buffer the caller owns and
+    the model never saw (it may be x itself: an update in place)."""
+    if out is None:
+        out = x.mul(keep)
+    elif keep != 1.0 or out is not x:
+        torch.mul(x, keep, out=out)
     for w, p in zip(weights, preds):
         if w != 0.0:
             out.add_(p, alpha=w)
@@ -33,7 +37,8 @@ def run(form: str, model, x, g, steps):
     """steps[k] = (keep, weights on m_k, m_{k-1}, ...) for k -> k+1; m is the prediction in ``form``.
 
     In the eps form the history holds x - alpha x0 = sigma eps (one pass, buffers recycled) and 1/sigma
-    moves into the weights."""
+    moves into the weights. Every x_{k+1} is a new buffer: the x's the model saw and its predictions stay
+    as they were (a model may keep them)."""
     size = max((len(w) for _, w in steps), default=1)
     history = deque(maxlen=size)  # newest first
     eps = check_form(form) == "eps"

@@ -67,10 +67,10 @@ def transfer_coeffs(noise, t, t_next):
     return a1 / a, s1 - a1 * s / a
 
 
-def eps_at(model, y, t, a, s):
-    """The noise estimate (y - a D(y)) / s, written over y (a stage input nothing else reads)."""
-    x0 = model(y, t)
-    return y.sub_(x0, alpha=a).mul_(1.0 / s)  # a multiply: a division costs twice as much
+def eps_at(model, y, t, a):
+    """sigma times the noise estimate, y - a D(y), written over y (a stage input nothing else reads); the 1/sigma
+    is in the host weights."""
+    return y.sub_(model(y, t), alpha=a)
 
 
 def phi(x, e, c):
@@ -79,14 +79,16 @@ def phi(x, e, c):
 
 
 def _pseudo_heun(model, x, e1, i, g, plan):
-    return e1, eps_at(model, phi(x, e1, plan.phi[i]), g.t[i + 1], g.alpha[i + 1], g.sigma[i + 1])
+    (c,) = plan.stages[i]
+    return e1, eps_at(model, phi(x, e1, c), g.t[i + 1], g.alpha[i + 1])
 
 
 def _pseudo_rk4(model, x, e1, i, g, plan):
-    t_m, a_m, s_m, c_1, c_m = plan.mid[i]
-    e2 = eps_at(model, phi(x, e1, c_1), t_m, a_m, s_m)
-    e3 = eps_at(model, phi(x, e2, c_m), t_m, a_m, s_m)
-    return e1, e2, e3, eps_at(model, phi(x, e3, plan.phi[i]), g.t[i + 1], g.alpha[i + 1], g.sigma[i + 1])
+    t_m, a_m = plan.mid[i][:2]
+    c_1, c_m, c_end = plan.stages[i]
+    e2 = eps_at(model, phi(x, e1, c_1), t_m, a_m)
+    e3 = eps_at(model, phi(x, e2, c_m), t_m, a_m)
+    return e1, e2, e3, eps_at(model, phi(x, e3, c_end), g.t[i + 1], g.alpha[i + 1])
 
 
 def _diffusers_midpoint(noise, g, i):
@@ -119,9 +121,9 @@ def _midpoints(noise, g, rule):
 
 
 class _Plan:
-    """Host-side: the transfer of every step, the RK4 midpoints, and per step the weights (times c_e)
-    of the estimates its combined e is made of; linear multistep weights also carry the 1/sigma of the
-    history's sigma eps."""
+    """Host-side: the transfer of every step, the RK4 midpoints, per step the weights (times c_e) of the
+    estimates its combined e is made of, and the warm-up's stage transfers; every estimate is sigma eps, so the
+    weights and the stages' c_e carry its 1/sigma."""
 
     def __init__(self, noise, ts, method, midpoint):
         kind, warm, order = _method(method)
@@ -130,9 +132,19 @@ class _Plan:
         self.phi = [transfer_coeffs(noise, g.t[i], g.t[i + 1]) for i in range(steps)]
         self.mid = _midpoints(noise, g, midpoint) if kind == "rk4" else None
         self.warmup = [WARMUPS[kind] if i < warm else None for i in range(steps)]
-        self.weights = [tuple(self.phi[i][1] * w for w in WARMUP_WEIGHTS[kind]) if i < warm else
-                        tuple(w / g.sigma[i - j] for j, w in enumerate(ab_weights(min(order, i + 1), self.phi[i][1])))
-                        for i in range(steps)]
+        # every estimate is sigma eps (its sigma: of the grid point, or the midpoint for RK4's middle stages)
+        self.stages, self.weights = [], []
+        for i in range(steps):
+            if i < warm:
+                sig = (g.sigma[i], g.sigma[i + 1]) if kind == "heun" else \
+                    (g.sigma[i], self.mid[i][2], self.mid[i][2], g.sigma[i + 1])
+                self.weights.append(tuple(self.phi[i][1] * w / s for w, s in zip(WARMUP_WEIGHTS[kind], sig)))
+                transfers = (self.phi[i],) if kind == "heun" else (self.mid[i][3], self.mid[i][4], self.phi[i])
+                self.stages.append(tuple((c_x, c_e / s) for (c_x, c_e), s in zip(transfers, sig)))
+            else:
+                self.weights.append(tuple(w / g.sigma[i - j]
+                                          for j, w in enumerate(ab_weights(min(order, i + 1), self.phi[i][1]))))
+                self.stages.append(None)
 
 
 _plan = per_run(_Plan)
@@ -147,8 +159,7 @@ def sample_pndm(model, x, ts, noise, rng=None, method: str = "plms", midpoint: s
     for i, (warmup, weights) in enumerate(zip(plan.warmup, plan.weights)):
         x0 = model(x, g.t[i])
         e = history.push(torch.sub(x, x0, alpha=g.alpha[i], out=history.buffer(x)))  # sigma_i eps_i
-        # linear multistep: 1/sigma is in the weights; the warm-up's stages take eps itself
-        estimates = warmup(model, x, e.mul(1.0 / g.sigma[i]), i, g, plan) if warmup else history.items
+        estimates = warmup(model, x, e, i, g, plan) if warmup else history.items  # 1/sigma is in the weights
         x = add_combination_(torch.mul(x, plan.phi[i][0], out=buf), weights, estimates)
     if zero_step:
         model(x, g.t[-1])
