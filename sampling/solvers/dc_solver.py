@@ -29,7 +29,7 @@ from .expint import lagrange_basis
 from .grid import per_run
 from .multistep import combine
 from .orders import describe_multistep
-from .unic import B_FUNCTIONS, fused_plan, plan, shares, update
+from .unic import B_FUNCTIONS, fused_plan, plan
 
 RHO_SOURCES = ("fit", "predict", "ones")
 REFERENCES = ("auto", "exact", "solve")
@@ -197,13 +197,12 @@ def sample_dc_solver(model, x, ts, noise, rng=None, order: int = 3, variant="bh1
     t, steps, dc = _plan(noise, ts, int(order), variant, lower_order_final, bool(corrector), dc_order,
                          tuple(float(r) for r in rho))
     history = deque(maxlen=max(4, dc_order + 1))  # predictions newest first (m_k compensated once used)
-    ours, start = deque(maxlen=history.maxlen), x  # which entries are the solver's own buffers (compensated)
+    ours = deque(maxlen=history.maxlen)  # which entries are the solver's own buffers (compensated)
     for k, (keep, w) in enumerate(steps):
         spare = history[-1] if len(history) == history.maxlen and ours[-1] else None  # about to drop out
         history.appendleft(model(x, t[k]))
         ours.appendleft(False)
-        # UniPC's one fused combination per step (unic.fused_plan), DC folded in; in place as unipc's
-        x = update(keep, x, w, history, x is not start and not shares(history[0], x))
+        x = combine(keep, x, w, history)  # UniPC's one fused combination per step (unic.fused_plan), DC folded in
         if dc[k] is not None:  # m_k -> interpolant at t', into the buffer that dropped out
             m = history[0]
             history[0] = torch.mul(m, dc[k][0], out=spare if spare is not None else torch.empty_like(m))

@@ -181,9 +181,9 @@ def _prediction_gap(F, m, x, out):
     return torch.addcmul(m, F, x, value=-1.0, out=out)
 
 
-def _step(A, B, c, x, gs, in_place: bool):
-    """A x + sum_j B_j g_j + c, written into x itself when the solver owns it."""
-    out = x if in_place else torch.empty_like(x)
+def _step(A, B, c, x, gs):
+    """A x + sum_j B_j g_j + c into a new buffer (the x the model saw stays as it was)."""
+    out = torch.empty_like(x)
     if isinstance(A, float):
         if isinstance(c, float):
             torch.mul(x, A, out=out)
@@ -253,17 +253,12 @@ def sample_dpm_solver_v3(model, x, ts, noise, rng=None, order: int = 3, p_pseudo
                             "set degenerated=true")
     t, steps = plan(noise, ts, calibration, x, order, p_pseudo, c_pseudo, use_corrector, half,
                     check_choice("dpm_solver_v3 half_rule", half_rule, HALF_RULES), lower_order_final)
-    gs, ours, start = deque(maxlen=4), deque(maxlen=4), x  # g = -f at past evaluations, newest first
+    gs, ours = deque(maxlen=4), deque(maxlen=4)  # g = -f at past evaluations, newest first; which are our buffers
     for k, (F, A, B, c) in enumerate(steps):
         m = model(x, t[k])
         spare = gs[-1] if len(gs) == gs.maxlen and ours[-1] else None  # the g about to drop out, when ours
         g = _prediction_gap(F, m, x, spare)
         gs.appendleft(g)
         ours.appendleft(g is not m)
-        # x~_{k+1} in place once x is the solver's own buffer (never the caller's x, nor the model's output)
-        x = _step(A, B, c, x, gs, x is not start and not _shares(m, x))
+        x = _step(A, B, c, x, gs)
     return x
-
-
-def _shares(a, b) -> bool:
-    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()

@@ -137,10 +137,9 @@ def sample_time_shift(model, x, ts, noise, rng=None, base: str = "ddim", window:
         weights = iter(torch.as_tensor([[[c[1] for c in cands], [c[2] for c in cands]] for cands, _ in plan
                                         if len(cands) > 1] or [[[0.0]]], dtype=x.dtype, device=x.device))
     history = History(order)  # per-sample multistep state (ipndm), full batch, newest first
-    xs = torch.empty_like(x), torch.empty_like(x)  # x alternates between them; the caller's x is never written
     ys = es = rows = None  # every candidate's step, then the chosen one per sample (gathered by row)
     for cands, _ in plan:
-        out = xs[0] if x is not xs[0] else xs[1]
+        out = torch.empty_like(x)  # a new buffer per step: no x the model saw is written (it may keep it)
         e_out = history.buffer(x) if multistep else None
         if len(cands) == 1:
             step(out, e_out, model, x, cands[0], history)

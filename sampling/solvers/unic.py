@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from .expint import phi
 from .grid import grid_coeffs, per_run
@@ -71,18 +70,3 @@ def fused_plan(noise, ts, order: int, variant: str, lower_order_final, corrector
             w = [keep[k] * d + p for d, p in zip(delta, w)]
         steps.append((keep[k], tuple(w)))
     return t, steps
-
-
-def shares(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
-def update(keep: float, x, weights, preds, in_place: bool):
-    """keep * x + sum_j weights[j] * preds[j], zero weights skipped: into x itself when ``in_place`` (x is the
-    solver's own buffer, which no prediction shares), else into a new buffer (the caller's x, or an x the
-    model's output aliases, stays as it is). In place, the scaling is one pass over x instead of two."""
-    out = (x if keep == 1.0 else x.mul_(keep)) if in_place else x.mul(keep)
-    for w, p in zip(weights, preds):
-        if w != 0.0:
-            out.add_(p, alpha=w)
-    return out

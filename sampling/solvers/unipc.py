@@ -12,8 +12,9 @@ from collections import deque
 
 from common.registry import check_choice
 from ..registry import register_solver
+from .multistep import combine
 from .orders import describe_multistep
-from .unic import B_FUNCTIONS, fused_plan, shares, update
+from .unic import B_FUNCTIONS, fused_plan
 
 
 def _describe(steps, order=3, variant="bh1", lower_order_final="always", corrector=True, **_):
@@ -26,10 +27,9 @@ def sample_unipc(model, x, ts, noise, rng=None, order: int = 3, variant="bh1", l
                  corrector: bool = True):
     t, steps = fused_plan(noise, ts, int(order), check_choice("unipc variant", variant, B_FUNCTIONS),
                           lower_order_final, bool(corrector))
-    history, start = deque(maxlen=4), x  # predictions, newest first
+    history = deque(maxlen=4)  # predictions, newest first
     for k, (keep, w) in enumerate(steps):
         history.appendleft(model(x, t[k]))
-        # x~_{k+1} = keep_k x~_k + sum_j w_j m_{k-j}: UniC of step k-1 and UniP of step k in one combination,
-        # in place once x is the solver's own (never the caller's x)
-        x = update(keep, x, w, history, x is not start and not shares(history[0], x))
+        # x~_{k+1} = keep_k x~_k + sum_j w_j m_{k-j}: UniC of step k-1 and UniP of step k in one combination
+        x = combine(keep, x, w, history)
     return x

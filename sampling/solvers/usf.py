@@ -40,8 +40,8 @@ from ..registry import register_solver
 from . import dpm_solver, dpmpp, unic  # usf composes these solvers' own step rules
 from .expint import step as exp_step
 from .grid import grid_coeffs, per_run
+from .multistep import combine
 from .orders import multistep_orders
-from .unic import shares, update
 
 FAMILIES = ("taylor", "dpmpp", "dpm_solver", "unipc")
 PREDICTIONS = {"data": "data", "noise": "eps"}   # USF's prediction_types -> expint's forms
@@ -268,12 +268,13 @@ def sample_usf(model, x, ts, noise, rng=None, plan=None, family="taylor", order:
     g, fused = fused_steps(noise, ts, specs, check_choice("unipc variant", variant, unic.B_FUNCTIONS))
     hist = _History({form for _, terms in fused for form, _ in terms})
     analytic = check_choice("usf afs", afs, AFS) != "none"
-    start = x
     for k, (keep, terms) in enumerate(fused):  # one more than the steps after a last-step corrector
         m = _first_x0(afs, x, g.alpha[0], g.sigma[0]) if k == 0 and analytic else model(x, g.t[k])
         hist.push(m, x, g.alpha[k], g.sigma[k])
-        in_place = x is not start and not shares(m, x)  # x~_k is the solver's own buffer (not the caller's x)
-        for form, w in terms:
-            x = update(keep, x, w, hist.forms[form], in_place)
-            keep, in_place = 1.0, True
+        (form, w), *others = terms
+        x = combine(keep, x, w, hist.forms[form])  # a new buffer: the x the model saw stays as it was
+        for form, w in others:
+            for wj, p in zip(w, hist.forms[form]):
+                if wj != 0.0:
+                    x.add_(p, alpha=wj)
     return x
