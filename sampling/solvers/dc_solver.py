@@ -26,6 +26,7 @@ from ..registry import register_solver
 from ..timesteps import make_grid
 from . import cpr
 from .expint import lagrange_basis
+from .grid import per_run
 from .multistep import combine
 from .orders import describe_multistep
 from .unic import B_FUNCTIONS, fused_plan, plan
@@ -192,16 +193,32 @@ def sample_dc_solver(model, x, ts, noise, rng=None, order: int = 3, variant="bh1
                      n_noises: int = 10, fit_seed: int = 0, reference="auto", ref_substeps: int = 20, cpr_nfes=None,
                      cpr_grid="time_uniform", cpr_degree: int = 3, calibration=None):
     variant = check_choice("dc_solver variant", variant, B_FUNCTIONS)
-    t, steps = fused_plan(noise, ts, int(order), variant, lower_order_final, bool(corrector))
-    rho = _ratios(calibration, check_choice("dc_solver rho_source", rho_source, RHO_SOURCES), len(steps), dc_order)
-    dc = [None if r == 1.0 or k < dc_order else compensation(t, k, dc_order, r) for k, r in enumerate(rho)]
+    rho = _ratios(calibration, check_choice("dc_solver rho_source", rho_source, RHO_SOURCES), len(ts) - 1, dc_order)
+    t, steps, dc = _plan(noise, ts, int(order), variant, lower_order_final, bool(corrector), dc_order,
+                         tuple(float(r) for r in rho))
     history = deque(maxlen=max(4, dc_order + 1))  # predictions newest first (m_k compensated once used)
-    for k, (keep, w) in enumerate(_compensated(steps, plan(noise, ts, int(order), variant, lower_order_final)[2], dc)):
+    ours = deque(maxlen=history.maxlen)  # which entries are the solver's own buffers (compensated)
+    for k, (keep, w) in enumerate(steps):
+        spare = history[-1] if len(history) == history.maxlen and ours[-1] else None  # about to drop out
         history.appendleft(model(x, t[k]))
+        ours.appendleft(False)
         x = combine(keep, x, w, history)  # UniPC's one fused combination per step (unic.fused_plan), DC folded in
-        if dc[k] is not None:
-            history[0] = combine(dc[k][0], history[0], dc[k][1:], [*history][1:])  # m_k -> interpolant at t'
+        if dc[k] is not None:  # m_k -> interpolant at t', into the buffer that dropped out
+            m = history[0]
+            history[0] = torch.mul(m, dc[k][0], out=spare if spare is not None else torch.empty_like(m))
+            for c, p in zip(dc[k][1:], [*history][1:]):
+                if c != 0.0:
+                    history[0].add_(p, alpha=c)
+            ours[0] = True
     return x
+
+
+@per_run
+def _plan(noise, ts, order, variant, lower_order_final, corrector, dc_order, rho: tuple):
+    """Model times, each step's fused weights with DC folded in, and each step's compensation weights (or None)."""
+    t, steps = fused_plan(noise, ts, order, variant, lower_order_final, corrector)
+    dc = [None if r == 1.0 or k < dc_order else compensation(t, k, dc_order, r) for k, r in enumerate(rho)]
+    return t, _compensated(steps, plan(noise, ts, order, variant, lower_order_final)[2], dc), dc
 
 
 def _compensated(steps, pred, dc):

@@ -132,31 +132,73 @@ def _build(noise, ts, stats, like, order, p_pseudo, c_pseudo, use_corrector, hal
     idx = snap(noise, ts, lam)
     t = [float(noise.t_of_lam(lam[i])) for i in idx]
     alpha = [float(noise.alpha(u)) for u in t]
-    as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=like.dtype, device=like.device)  # noqa: E731
-    tensors = lambda K, W, c: (as_t(K), [as_t(w) for w in W], as_t(c))  # noqa: E731
     orders = multistep_orders(len(ts) - 1, int(order), lower_order_final)
     corrects = HALF_RULES[half_rule] if half else (lambda _: True)
-    steps = []
+    steps, delta = [], None  # delta: step k-1's corrector minus its predictor, (weights on f_k, f_{k-1}, ...; const)
     for k, p in enumerate(orders):
-        F = as_t((1.0 - q["l"][idx[k]]) / alpha[k])
-        corr = None
         c_order = orders[k - 1] + int(c_pseudo) if k > 0 else 0
         if use_corrector and c_order > 1 and corrects(t[k]):  # step k-1 -> k again, with f_k among the nodes
             nodes = [idx[k - 1], idx[k]] + [idx[k - j] for j in range(2, c_order)]
-            K, W, c = step_coeffs(q, idx[k], alpha[k - 1], alpha[k], nodes, c_pseudo)
-            corr = tensors(K, [W[1], W[0], *W[2:]], c)  # on f_k, f_{k-1}, f_{k-2}, ... (newest first)
-        nodes = [idx[k - j] for j in range(p)]
-        pred = tensors(*step_coeffs(q, idx[k + 1], alpha[k], alpha[k + 1], nodes, p_pseudo))
-        steps.append((F, pred, corr))
+            _, W, c = step_coeffs(q, idx[k], alpha[k - 1], alpha[k], nodes, c_pseudo)
+            on_f = [W[1], W[0], *W[2:]]  # on f_k, f_{k-1}, f_{k-2}, ... (newest first)
+            _, W_prev, c_prev = pred
+            on_f += [0.0] * (len(W_prev) + 1 - len(on_f))
+            delta = ([w - (W_prev[j - 1] if 0 < j <= len(W_prev) else 0.0) for j, w in enumerate(on_f)], c - c_prev)
+        else:
+            delta = None
+        pred = step_coeffs(q, idx[k + 1], alpha[k], alpha[k + 1], [idx[k - j] for j in range(p)], p_pseudo)
+        steps.append(_fused(pred, delta, (1.0 - q["l"][idx[k]]) / alpha[k], like))
     return t, steps
 
 
-def _apply(coeffs, x, fs):
-    """K x + sum_j W_j f_j + c into a new buffer (fs newest first, as W)."""
-    K, W, c = coeffs
-    out = torch.addcmul(c, K, x)
-    for w, f in zip(W, fs):
-        out.addcmul_(w, f)
+def _fused(pred, delta, F, like):
+    """Step k's predictor applied to the uncorrected x~_k with step k-1's correction folded in (the corrector
+    and the predictor of a step share K, so x_k = x~_k + delta . f + delta_c): x~_{k+1} = A x~_k + sum_j B_j g_j + c
+    over g_j = -f_j = x0_j - F_j x~_j. Coefficients constant over the dimensions become host floats (l = 1,
+    s = 0, b = 0 makes every one of them a float) and zero ones are dropped, so each step is as few full-tensor
+    passes as its statistics allow."""
+    K, W, c = pred
+    on_f = list(W)
+    if delta is not None:
+        d = list(delta[0]) + [0.0] * (len(on_f) - len(delta[0]))
+        on_f = [K * dj + (on_f[j] if j < len(on_f) else 0.0) for j, dj in enumerate(d)]
+        c = c + K * delta[1]
+    return _folded(F, like), _folded(K, like), [_folded(-w, like) for w in on_f], _folded(c, like)
+
+
+def _folded(a, like):
+    """A per-dimension array as a tensor like ``like``, or as a float when it is one value everywhere."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.size == 0 or np.all(a == a.flat[0]):
+        return float(a.flat[0]) if a.size else 0.0
+    return torch.as_tensor(a, dtype=like.dtype, device=like.device)
+
+
+def _prediction_gap(F, m, x, out):
+    """g = x0 - F x (= -f): the model's output itself where F is 0 (l = 1)."""
+    if isinstance(F, float):
+        return m if F == 0.0 else torch.sub(m, x, alpha=F, out=out)
+    return torch.addcmul(m, F, x, value=-1.0, out=out)
+
+
+def _step(A, B, c, x, gs):
+    """A x + sum_j B_j g_j + c into a new buffer (the x the model saw stays as it was)."""
+    out = torch.empty_like(x)
+    if isinstance(A, float):
+        if isinstance(c, float):
+            torch.mul(x, A, out=out)
+            if c != 0.0:
+                out.add_(c)
+        else:
+            torch.add(c, x, alpha=A, out=out)
+    else:
+        torch.addcmul(c if isinstance(c, torch.Tensor) else torch.full((), c, dtype=x.dtype, device=x.device), A, x,
+                      out=out)
+    for b, g in zip(B, gs):
+        if isinstance(b, torch.Tensor):
+            out.addcmul_(b, g)
+        elif b != 0.0:
+            out.add_(g, alpha=b)
     return out
 
 
@@ -211,12 +253,12 @@ def sample_dpm_solver_v3(model, x, ts, noise, rng=None, order: int = 3, p_pseudo
                             "set degenerated=true")
     t, steps = plan(noise, ts, calibration, x, order, p_pseudo, c_pseudo, use_corrector, half,
                     check_choice("dpm_solver_v3 half_rule", half_rule, HALF_RULES), lower_order_final)
-    fs, x_prev = deque(maxlen=4), x  # f at past evaluations, newest first; x_prev: the (corrected) x_k
-    for k, (F, pred, corr) in enumerate(steps):
-        f = (F * x).sub_(model(x, t[k]))  # f_k = (1 - l_k) x_k / alpha_k - x0
-        if corr is not None:
-            x = _apply(corr, x_prev, [f, *fs])  # the corrector: step k-1 -> k again, with f_k
-        fs.appendleft(f)
-        x_prev = x
-        x = _apply(pred, x, fs)
+    gs, ours = deque(maxlen=4), deque(maxlen=4)  # g = -f at past evaluations, newest first; which are our buffers
+    for k, (F, A, B, c) in enumerate(steps):
+        m = model(x, t[k])
+        spare = gs[-1] if len(gs) == gs.maxlen and ours[-1] else None  # the g about to drop out, when ours
+        g = _prediction_gap(F, m, x, spare)
+        gs.appendleft(g)
+        ours.appendleft(g is not m)
+        x = _step(A, B, c, x, gs)
     return x

@@ -62,6 +62,19 @@ def _ddim_step(y, e, model, x, cand, history):
     torch.mul(x, c_x, out=y).add_(x0, alpha=c_0)
 
 
+def _ddim_chosen(out, model, x, cands, idx, weights):
+    """DDIM from each sample's chosen candidate, x' = c_x x + c_0 x0: linear in x0, so each candidate's x0 is
+    added with a per-sample weight that is c_0 where the sample chose it and 0 elsewhere (``weights``: (c_x, c_0)
+    per candidate). No buffer of every candidate's step, two passes per candidate; torch.where would choose
+    without the zero products but costs ~7 passes on CPU. (A candidate's x0 that is not finite where it is not
+    chosen would turn 0 * x0 into NaN; the candidates are within a step of each other on the same x.)"""
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    torch.mul(x, weights[0, idx].view(shape), out=out)
+    for k, (t, _, _) in enumerate(cands):
+        out.addcmul_(torch.where(idx == k, weights[1, k], 0.0).view(shape), model(x, t))
+    return out
+
+
 def _ipndm_coeffs(noise, c, t_next, k):
     """k: the multistep order this step can use."""
     s, s1 = float(noise.edm_sigma(c)), float(noise.edm_sigma(t_next))
@@ -120,16 +133,21 @@ def sample_time_shift(model, x, ts, noise, rng=None, base: str = "ddim", window:
     plan = _plan(noise, ts, base, int(window), float(width), float(cutoff), float(data_var), order)
     # every shifted step's candidate variances, moved to the device once (a copy inside the loop would sync)
     variances = iter(torch.as_tensor([v for _, v in plan if len(v) > 1] or [[0.0]], dtype=x.dtype, device=x.device))
+    if base == "ddim":  # per shifted step, (c_x, c_0) of each candidate, for _ddim_chosen
+        weights = iter(torch.as_tensor([[[c[1] for c in cands], [c[2] for c in cands]] for cands, _ in plan
+                                        if len(cands) > 1] or [[[0.0]]], dtype=x.dtype, device=x.device))
     history = History(order)  # per-sample multistep state (ipndm), full batch, newest first
-    xs = torch.empty_like(x), torch.empty_like(x)  # x alternates between them; the caller's x is never written
     ys = es = rows = None  # every candidate's step, then the chosen one per sample (gathered by row)
     for cands, _ in plan:
-        out = xs[0] if x is not xs[0] else xs[1]
+        out = torch.empty_like(x)  # a new buffer per step: no x the model saw is written (it may keep it)
         e_out = history.buffer(x) if multistep else None
         if len(cands) == 1:
             step(out, e_out, model, x, cands[0], history)
         else:
             idx = choose(x, next(variances))
+            if base == "ddim":
+                x = _ddim_chosen(out, model, x, cands, idx, next(weights))
+                continue
             if ys is None:
                 ys = x.new_empty((len(cands), *x.shape))
                 es = torch.empty_like(ys) if multistep else None

@@ -183,6 +183,43 @@ def step_weights(noise, ts, specs: tuple, variant: str):
     return g, [(sp.form, _predictor(g, k, sp, variant), _corrector(g, k, sp, variant)) for k, sp in enumerate(specs)]
 
 
+@per_run
+def fused_steps(noise, ts, specs: tuple, variant: str):
+    """Grid, then per step k the predictor applied to the uncorrected x~_k with step k-1's corrector folded in,
+    as unic.fused_plan: (keep_k, [(form, weights on that form's predictions, newest first), ...]); a last-step
+    corrector becomes one more update (keep 1) after the extra evaluation. A step's corrector and predictor
+    share its keep (the same form and step), so x_k = x~_k + (C_{k-1} - P_{k-1}) . m and x_k is never formed."""
+    g, steps = step_weights(noise, ts, specs, variant)
+    fused, delta = [], None  # delta: (form, C_{k-1} - P_{k-1} on m_k, m_{k-1}, ...)
+    for form, (keep, w), corr in steps:
+        terms = [(form, tuple(w))]
+        if delta is not None:
+            terms.insert(0, (delta[0], tuple(keep * d for d in delta[1])))
+        fused.append((keep, _merged(terms)))
+        delta = None if corr is None else _correction(keep, w, corr, form)
+    if delta is not None:
+        fused.append((1.0, _merged([delta])))
+    return g, fused
+
+
+def _correction(keep, w, corr, form):
+    c_keep, c = corr
+    assert c_keep == keep, "a step's corrector and predictor keep the same share of x"
+    n = max(len(c), len(w) + 1)
+    c, p = [*c, *[0.0] * (n - len(c))], [0.0, *w, *[0.0] * (n - len(w) - 1)]
+    return form, tuple(a - b for a, b in zip(c, p))
+
+
+def _merged(terms):
+    """Weights of the same form added up, so each prediction is read once."""
+    out = {}
+    for form, w in terms:
+        have = out.get(form, ())
+        n = max(len(have), len(w))
+        out[form] = tuple((have[j] if j < len(have) else 0.0) + (w[j] if j < len(w) else 0.0) for j in range(n))
+    return tuple(out.items())
+
+
 def _cost(steps, afs="none", **opts):
     specs = step_plans(steps, **_plan_opts(opts))
     return steps - (check_choice("usf afs", afs, AFS) != "none") + specs[-1].corrector
@@ -228,19 +265,16 @@ def sample_usf(model, x, ts, noise, rng=None, plan=None, family="taylor", order:
                corrector: bool = True, relaxation: float = 0.0, variant="bh1", lower_order_final="always",
                afs="none"):
     specs = step_plans(len(ts) - 1, plan, family, order, prediction, corrector, relaxation, lower_order_final)
-    g, steps = step_weights(noise, ts, specs, check_choice("unipc variant", variant, unic.B_FUNCTIONS))
-    hist = _History({form for form, _, _ in steps})
+    g, fused = fused_steps(noise, ts, specs, check_choice("unipc variant", variant, unic.B_FUNCTIONS))
+    hist = _History({form for _, terms in fused for form, _ in terms})
     analytic = check_choice("usf afs", afs, AFS) != "none"
-    x_prev = x  # x_k before its predictor ran: where a corrector restarts
-    for k in range(len(steps) + (steps[-1][2] is not None)):  # + the evaluation a last-step corrector needs
-        hist.push(_first_x0(afs, x, g.alpha[0], g.sigma[0]) if k == 0 and analytic else model(x, g.t[k]), x,
-                  g.alpha[k], g.sigma[k])
-        if k > 0 and steps[k - 1][2] is not None:  # the corrector of step k-1, with m_k
-            form, _, (keep, w) = steps[k - 1]
-            x = combine(keep, x_prev, w, hist.forms[form])
-        if k == len(steps):
-            break
-        x_prev = x
-        form, (keep, w), _ = steps[k]
-        x = combine(keep, x, w, hist.forms[form])
+    for k, (keep, terms) in enumerate(fused):  # one more than the steps after a last-step corrector
+        m = _first_x0(afs, x, g.alpha[0], g.sigma[0]) if k == 0 and analytic else model(x, g.t[k])
+        hist.push(m, x, g.alpha[k], g.sigma[k])
+        (form, w), *others = terms
+        x = combine(keep, x, w, hist.forms[form])  # a new buffer: the x the model saw stays as it was
+        for form, w in others:
+            for wj, p in zip(w, hist.forms[form]):
+                if wj != 0.0:
+                    x.add_(p, alpha=wj)
     return x
