@@ -55,8 +55,8 @@ def test_all_unipc_plan_is_unipc(order, variant):
     ref, _, _, c_ref = solve_steps(model, "unipc", 8, n=4, order=order, variant=variant)
     plan = _plan("unipc", multistep_orders(8, order, "always"), corrector=True)
     got, _, _, c = solve_steps(model, "usf", 8, n=4, plan=plan, variant=variant)
-    # unipc folds each corrector into the next predictor (one combination per step, unic.fused_plan) where usf
-    # corrects then predicts: the same weights summed in another order, so equal to rounding, not bit for bit
+    # both fold each corrector into the next predictor (unic.fused_plan, usf.fused_steps), each building its
+    # weights in its own order: equal to rounding, not bit for bit
     torch.testing.assert_close(got, ref, rtol=1e-13, atol=1e-13)
     assert c.count == c_ref.count == 8
     no_c, _, _, _ = solve_steps(model, "unipc", 8, n=4, order=order, variant=variant, corrector=False)
