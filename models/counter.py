@@ -26,6 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from common.errors import NfebenchError
 
+from .denoiser import Denoiser
+
 
 class BudgetExceeded(NfebenchError):
     pass
@@ -79,6 +81,9 @@ class CountedDenoiser:
         except TypeError:  # a model that cannot be weakly referenced or hashed: counted per counter
             self.macs_by = {}
         self._kind = getattr(model, "next_call_kind", None)
+        # a network that predicts eps and whose x0 is the base adapter's: sigma_eps can skip the x0 round trip
+        self._native_eps = (isinstance(model, Denoiser) and model.prediction == "eps"
+                            and type(model).__call__ is Denoiser.__call__)
         start = getattr(model, "start_batch", None)
         if start is not None:
             start(calls)
@@ -100,6 +105,15 @@ class CountedDenoiser:
         self._charge(whole)
         return self._evaluate(x, t, None if self.cond is None else self.cond[rows])
 
+    def sigma_eps(self, x, t: float, a: float, s: float, out=None):
+        """sigma(t) eps = x - alpha(t) D(x) at (x, t), for solvers that step in eps (a = alpha(t), s = sigma(t)),
+        into ``out`` if given: an eps network's own output times s (one pass), not the adapter's x0 turned back
+        into eps (three passes). One NFE, like a call."""
+        self._charge(1)
+        if self._native_eps:
+            return torch.mul(self._evaluate(x, t, self.cond, native=True), s, out=out)
+        return torch.sub(x, self._evaluate(x, t, self.cond), alpha=a, out=out)
+
     def on_setup(self, x, t: float):
         """The model on rows of run-level state that later batches share (dlg's persistent chains: burn-in and
         catch-up): not charged to this batch's NFE, which is per output sample, but tallied apart in
@@ -114,7 +128,8 @@ class CountedDenoiser:
             raise BudgetExceeded(f"solver asked for model evaluation {self.count + 1} with a budget of {self.budget} NFE")
         self.count += n
 
-    def _evaluate(self, x, t: float, cond, setup: bool = False):
+    def _evaluate(self, x, t: float, cond, setup: bool = False, native: bool = False):
+        call = self.model.predict if native else self.model
         evals = getattr(self.model, "evals_per_call", 1)
         if setup:
             self.setup_evals += evals
@@ -129,18 +144,18 @@ class CountedDenoiser:
         args = (x, t, cond)
         if entry[2] and entry[0] == 1:  # once per model and configuration; this call is not timed per config
             start = time.perf_counter()
-            out, self.macs_by[config] = count_macs(self.model, *args)
+            out, self.macs_by[config] = count_macs(call, *args)
             self._host_s += time.perf_counter() - start
         elif x.is_cuda:
             # events time the kernels on the stream without making the host wait for them
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            out = self.model(*args)
+            out = call(*args)
             end.record()
             self._events.append((config, start, end))
         else:
             start = time.perf_counter()
-            out = self.model(*args)
+            out = call(*args)
             elapsed = time.perf_counter() - start
             self._host_s += elapsed
             entry[1] += elapsed

@@ -49,3 +49,13 @@ def scaled(x, a: float, out):
     """alpha * x written into ``out``: the model's input when x is in EDM coordinates (x / alpha); x itself
     where alpha = 1 (EDM, VE). The model reads it before the solver next writes x or ``out``."""
     return x if a == 1.0 else torch.mul(x, a, out=out)
+
+
+def sigma_eps(model, x, t: float, a: float, s: float, out=None):
+    """sigma(t) eps = x - a D(x, t) (a = alpha(t), s = sigma(t)), into ``out`` if given: one model call. The run's
+    NFE counter (models/counter.py) hands an eps network's own output times s back in one pass; it is looked up
+    on the class, so a wrapper that forwards attributes (thresholding, dlg's row groups) takes the x0 path."""
+    fast = getattr(type(model), "sigma_eps", None)
+    if fast is not None:
+        return fast(model, x, t, a, s, out)
+    return torch.sub(x, model(x, t), alpha=a, out=out)

@@ -13,7 +13,7 @@ import torch
 from common.registry import check_choice
 from ..registry import register_solver
 from .adams import History, ab_weights, add_combination_
-from .grid import grid_coeffs, per_run
+from .grid import grid_coeffs, per_run, sigma_eps
 
 
 def _describe(steps, order=4, **_):
@@ -22,11 +22,11 @@ def _describe(steps, order=4, **_):
 
 @per_run
 def _plan(noise, ts, order):
-    """Per step (t, alpha, alpha'/alpha, alpha' (s' - s) b_j / sigma_{k-j}): x stays in the schedule's
+    """Per step (t, alpha, sigma, alpha'/alpha, alpha' (s' - s) b_j / sigma_{k-j}): x stays in the schedule's
     coordinates (alpha x_e) and the history holds x - alpha D = sigma eps, so the alphas and 1/sigma are in
     the weights."""
     g = grid_coeffs(noise, ts)
-    return [(g.t[i], g.alpha[i], g.alpha[i + 1] / g.alpha[i],
+    return [(g.t[i], g.alpha[i], g.sigma[i], g.alpha[i + 1] / g.alpha[i],
              tuple(g.alpha[i + 1] * w / g.sigma[i - j]
                    for j, w in enumerate(ab_weights(min(order, i + 1), g.s[i + 1] - g.s[i]))))
             for i in range(len(ts) - 1)]
@@ -37,9 +37,8 @@ def sample_ipndm(model, x, ts, noise, rng=None, order: int = 4):
     order = check_choice("ipndm order", int(order), (1, 2, 3, 4))
     history = History(order)  # sigma eps = x - alpha D, newest first
     owned = None  # the caller's x is never written: the first step writes a new buffer, later ones update it
-    for t, a, keep, weights in _plan(noise, ts, order):
-        x0 = model(x, t)
-        history.push(torch.sub(x, x0, alpha=a, out=history.buffer(x)))
+    for t, a, s, keep, weights in _plan(noise, ts, order):
+        history.push(sigma_eps(model, x, t, a, s, out=history.buffer(x)))
         if owned is None:
             x = owned = x.mul(keep)
         elif keep != 1.0:

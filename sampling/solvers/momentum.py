@@ -32,7 +32,7 @@ from common.errors import NfebenchError
 from common.registry import check_choice
 from ..registry import register_solver
 from .expint import check_form, phi, predict
-from .grid import grid_coeffs, per_run
+from .grid import grid_coeffs, per_run, sigma_eps
 from .multistep import combine, on_predictions
 from .orders import describe_multistep, multistep_orders
 
@@ -121,9 +121,10 @@ def _run_hb(form, model, x, g, steps, first=None):
     history, u = deque(maxlen=size), None
     eps = form == "eps"
     for k, (keep, w, w_m, c_u, make_u) in enumerate(steps):
-        m = model(x, g.t[k])
         if eps:
-            m = torch.sub(x, m, alpha=g.alpha[k], out=history[-1] if len(history) == size else None)
+            m = sigma_eps(model, x, g.t[k], g.alpha[k], g.sigma[k], out=history[-1] if len(history) == size else None)
+        else:
+            m = model(x, g.t[k])
         history.appendleft(m)
         preds = list(history)[: len(w)]
         if k == 0 and first is not None:  # w = (S_0,) on the first step; the slope is in eps itself
@@ -198,7 +199,7 @@ def sample_ghvb(model, x, ts, noise, rng=None, order: float = 3.8, warmup="ab"):
     m, g, plan, first = _ghvb_plan(noise, ts, order, warmup)
     vs, spare = deque(maxlen=m), None  # newest first; spare: the buffer that last dropped out
     for k, (keep, s, r, mix, w) in enumerate(plan):
-        v = torch.sub(x, model(x, g.t[k]), alpha=g.alpha[k], out=spare)
+        v = sigma_eps(model, x, g.t[k], g.alpha[k], g.sigma[k], out=spare)
         if r != 0.0:
             v.add_(vs[0], alpha=r)
         spare = vs[-1] if len(vs) == m else None

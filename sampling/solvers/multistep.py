@@ -15,7 +15,7 @@ from collections import deque
 import torch
 
 from .expint import check_form
-from .grid import grid_coeffs, per_run
+from .grid import grid_coeffs, per_run, sigma_eps
 from .orders import multistep_orders
 
 
@@ -45,9 +45,10 @@ def run(form: str, model, x, g, steps):
     if eps:
         steps = [(keep, tuple(wj / g.sigma[k - j] for j, wj in enumerate(w))) for k, (keep, w) in enumerate(steps)]
     for k, (keep, w) in enumerate(steps):
-        m = model(x, g.t[k])
         if eps:
-            m = torch.sub(x, m, alpha=g.alpha[k], out=history[-1] if len(history) == size else None)
+            m = sigma_eps(model, x, g.t[k], g.alpha[k], g.sigma[k], out=history[-1] if len(history) == size else None)
+        else:
+            m = model(x, g.t[k])
         history.appendleft(m)
         x = combine(keep, x, w, history)  # x_{k+1} = keep x_k + sum_j w_j m_{k-j}
     return x

@@ -28,7 +28,7 @@ from common.errors import NfebenchError
 from common.registry import check_choice
 from ..registry import register_solver
 from .adams import History, ab_weights, add_combination_
-from .grid import grid_coeffs, per_run
+from .grid import grid_coeffs, per_run, sigma_eps
 
 # method -> (warm-up kind, steps of warm-up, highest multistep order)
 METHODS = {"plms": ("heun", 1, 4), "s_pndm": ("heun", 1, 2), "f_pndm": ("rk4", 3, 4)}
@@ -67,10 +67,10 @@ def transfer_coeffs(noise, t, t_next):
     return a1 / a, s1 - a1 * s / a
 
 
-def eps_at(model, y, t, a):
-    """sigma times the noise estimate, y - a D(y), written over y (a stage input nothing else reads); the 1/sigma
-    is in the host weights."""
-    return y.sub_(model(y, t), alpha=a)
+def eps_at(model, y, t, a, s):
+    """sigma times the noise estimate, y - a D(y), written over y (a stage input nothing else reads, once the
+    model has returned); the 1/sigma is in the host weights."""
+    return sigma_eps(model, y, t, a, s, out=y)
 
 
 def phi(x, e, c):
@@ -80,15 +80,15 @@ def phi(x, e, c):
 
 def _pseudo_heun(model, x, e1, i, g, plan):
     (c,) = plan.stages[i]
-    return e1, eps_at(model, phi(x, e1, c), g.t[i + 1], g.alpha[i + 1])
+    return e1, eps_at(model, phi(x, e1, c), g.t[i + 1], g.alpha[i + 1], g.sigma[i + 1])
 
 
 def _pseudo_rk4(model, x, e1, i, g, plan):
-    t_m, a_m = plan.mid[i][:2]
+    t_m, a_m, s_m = plan.mid[i][:3]
     c_1, c_m, c_end = plan.stages[i]
-    e2 = eps_at(model, phi(x, e1, c_1), t_m, a_m)
-    e3 = eps_at(model, phi(x, e2, c_m), t_m, a_m)
-    return e1, e2, e3, eps_at(model, phi(x, e3, c_end), g.t[i + 1], g.alpha[i + 1])
+    e2 = eps_at(model, phi(x, e1, c_1), t_m, a_m, s_m)
+    e3 = eps_at(model, phi(x, e2, c_m), t_m, a_m, s_m)
+    return e1, e2, e3, eps_at(model, phi(x, e3, c_end), g.t[i + 1], g.alpha[i + 1], g.sigma[i + 1])
 
 
 def _diffusers_midpoint(noise, g, i):
@@ -157,8 +157,7 @@ def sample_pndm(model, x, ts, noise, rng=None, method: str = "plms", midpoint: s
     history = History(4)  # sigma * eps at the grid points, newest first
     buf = torch.empty_like(x)  # the caller's x is never written
     for i, (warmup, weights) in enumerate(zip(plan.warmup, plan.weights)):
-        x0 = model(x, g.t[i])
-        e = history.push(torch.sub(x, x0, alpha=g.alpha[i], out=history.buffer(x)))  # sigma_i eps_i
+        e = history.push(sigma_eps(model, x, g.t[i], g.alpha[i], g.sigma[i], out=history.buffer(x)))  # sigma_i eps_i
         estimates = warmup(model, x, e, i, g, plan) if warmup else history.items  # 1/sigma is in the weights
         x = add_combination_(torch.mul(x, plan.phi[i][0], out=buf), weights, estimates)
     if zero_step:
