@@ -36,9 +36,12 @@ def plan_run(cfg: dict) -> dict:
         p = plan(cfg)
         steps, counted = p.steps, p.cost
     per_nfe = EVALS_PER_NFE.get(cfg["model"].get("family"), 1)
+    # run-level state (dlg's persistent chains: burn-in), paid once per run, not per sample
+    setup = spec.setup_cost(cfg.get("sample_offset", 0), samples, **opts) if spec.setup_cost else 0
     return {"model": cfg["model"].get("name"), "solver": spec.name, "options": opts, "schedule": schedule.get("name"),
             "nfe": nfe, "counted": counted, "steps": steps, **paper_count(cfg, steps + extra, counted), "samples": samples,
-            "nfe_x_samples": counted * samples, "network_evals": counted * samples * per_nfe,
+            "setup_row_evals": setup, "nfe_x_samples": counted * samples + setup,
+            "network_evals": (counted * samples + setup) * per_nfe,
             "published_solver": (cfg.get("experiment") or {}).get("published_solver")}
 
 

@@ -32,6 +32,9 @@ class SolverSpec:
     # (seed, shape, dtype, device, **options) -> an object the run keeps across its batches, passed as
     # ``run_state=`` (dlg's persistent chains), or None; samples must still depend on (seed, i) only
     run_state: Callable | None = None
+    # (first, num_samples, **options) -> row evaluations that run state costs for samples [first, first + n),
+    # apart from the per-sample NFE (for dry-run estimates; the run counts them in nfe.setup)
+    setup_cost: Callable | None = None
 
     def min_nfe(self, **options) -> int:
         return self.cost(1, **options)

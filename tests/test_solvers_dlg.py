@@ -99,11 +99,15 @@ def test_zero_chain_steps_is_the_plain_solver_then_tweedie_bit_for_bit(ode):
     assert counter.count == get_solver(ode).cost(8) + 1
 
 
+def _cfg(nfe, n=6, bs=None, offset=0, **opts):
+    return {"nfe": nfe, "num_samples": n, "batch_size": bs or n, "seed": 0, "sample_offset": offset, "t_end": None,
+            "dtype": "float64", "model": {"family": "gaussian", "shape": [1, 4, 4],
+                                          "noise_schedule": {"name": "vp_linear"}},
+            "solver": {**compose_cfg("solver=dlg")["solver"], **opts}, "schedule": {"name": "logsnr"}}
+
+
 def _run(nfe, n=6, bs=None, offset=0, **opts):
-    cfg = {"nfe": nfe, "num_samples": n, "batch_size": bs or n, "seed": 0, "sample_offset": offset, "t_end": None,
-           "dtype": "float64", "model": {"family": "gaussian", "shape": [1, 4, 4],
-                                         "noise_schedule": {"name": "vp_linear"}},
-           "solver": {**compose_cfg("solver=dlg")["solver"], **opts}, "schedule": {"name": "logsnr"}}
+    cfg = _cfg(nfe, n, bs, offset, **opts)
     p, out = plan(cfg), []
     stats = sample_batches(cfg, p, build_model(cfg["model"]), torch.device("cpu"), lambda x, x0, idx: out.append(x))
     return p, stats, torch.cat(out)
@@ -274,3 +278,15 @@ def test_bad_chain_options_are_one_line_errors(tmp_path, args, message):
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and err[0].startswith("nfebench: error:") and message in err[0], r.stderr
     assert not (tmp_path / "record.json").exists()
+
+
+@pytest.mark.parametrize("offset,n,bs", [(0, 10, 4), (5, 5, 2), (7, 2, 2), (0, 2, 2)])
+def test_the_dry_run_estimates_the_set_up_a_run_counts(offset, n, bs):
+    from launch.dry_run import plan_run
+
+    opts = {"chains": "persistent", "num_chains": 3, **CHAIN}
+    _, stats, _ = _run(35, n=n, bs=bs, offset=offset, **opts)
+    est = plan_run(_cfg(35, n, bs, offset, **opts))
+    assert est["setup_row_evals"] == stats.setup["row_evals"] > 0
+    assert est["nfe_x_samples"] == 35 * n + stats.setup["row_evals"]
+    assert plan_run(_cfg(40, n, bs, offset, **CHAIN))["setup_row_evals"] == 0  # per-sample chains: all in the NFE

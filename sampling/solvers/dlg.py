@@ -307,8 +307,16 @@ def _run_state(seed, shape, dtype, device, chains="per_sample", num_chains=64, *
     return ChainPool(seed, shape, dtype, device, num_chains)
 
 
+def _setup_cost(first, n, burn_in=20, mcmc_steps=10, chains="per_sample", num_chains=64, **_):
+    """Each chain a run uses is brought to the round of its first sample there: burn_in + round * mcmc_steps."""
+    if check_choice("dlg chains", chains, CHAINS) == "per_sample":
+        return 0
+    c, first = int(num_chains), int(first)
+    return sum(burn_in + (i // c) * mcmc_steps for i in range(first, first + min(c, int(n))))
+
+
 @register_solver("dlg", steps=_steps, cost=_cost, describe=_describe, stochastic=True,
-                 model_needs=("noise_level_logits",), run_state=_run_state)
+                 model_needs=("noise_level_logits",), run_state=_run_state, setup_cost=_setup_cost)
 def sample_dlg(model, x, ts, noise, rng, ode="dpmpp", burn_in: int = 20, mcmc_steps: int = 10,
                step_size: float = 0.3, levels: int = 16, posterior="argmax", sigma_min=None, sigma_max=None,
                chains="per_sample", num_chains: int = 64, run_state=None, **extra):
