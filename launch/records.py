@@ -97,3 +97,9 @@ def read_records(root: Path, on_bad=None) -> list[dict]:
             rec["_path"] = str(p)
             out.append(rec)
     return out
+
+
+def setup_block(row_evals: int, network_evals: int, num_samples: int) -> dict:
+    """The record's nfe.setup: evaluations on run-level state that later samples share (dlg's persistent chains),
+    counted apart from the per-sample NFE, with their share per output sample."""
+    return {"row_evals": row_evals, "network_evals": network_evals, "nfe_per_sample": row_evals / num_samples}

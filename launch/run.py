@@ -32,7 +32,7 @@ from sampling.timesteps import final_step, fixed_steps, make_grid
 
 from . import calibration, validate
 from .experiment import paper_count
-from .records import RECORD_NAME, STATE_NAME, config_hash, git_state, versions
+from .records import RECORD_NAME, STATE_NAME, config_hash, git_state, setup_block, versions
 from common.files import atomic_write_bytes, atomic_write_json, npz_bytes
 
 if TYPE_CHECKING:
@@ -261,8 +261,7 @@ def sample_batches(cfg: dict, p: Plan, model, device, on_batch, calibrated=None)
         on_batch(x, x_start, idx)
     if len(counted) != 1:
         raise NfebenchError(f"solver spent a different number of model evaluations per batch: {sorted(counted)}")
-    setup = None if state is None else {"row_evals": setup_rows, "network_evals": setup_evals,
-                                        "nfe_per_sample": setup_rows / n}
+    setup = None if state is None else setup_block(setup_rows, setup_evals, n)
     return SampleStats(counted.pop(), max(evals), model_s, sample_s, decode_s, tally.record(n), setup)
 
 

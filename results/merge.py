@@ -20,7 +20,7 @@ import numpy as np
 
 from launch.cli import report
 from models.counter import merge_compute
-from launch.records import RECORD_NAME, STATE_NAME, config_hash, load_record, read_records
+from launch.records import RECORD_NAME, STATE_NAME, config_hash, load_record, read_records, setup_block
 from common.files import atomic_write_bytes, atomic_write_json, npz_bytes
 from common.errors import NfebenchError
 
@@ -74,8 +74,8 @@ def merged_nfe(parts: list[dict], num_samples: int) -> dict:
     out = dict(parts[0])
     if "setup" in out:
         rows, evals = (sum(p["setup"][k] for p in parts) for k in ("row_evals", "network_evals"))
-        out["setup"] = {"row_evals": rows, "network_evals": evals, "nfe_per_sample": rows / num_samples}
-        out["amortized_per_sample"] = out["counted"] + rows / num_samples
+        out["setup"] = setup_block(rows, evals, num_samples)
+        out["amortized_per_sample"] = out["counted"] + out["setup"]["nfe_per_sample"]
     return out
 
 

@@ -156,7 +156,8 @@ def measure_shape(shape, rounds: int, names: list[str], noise) -> dict:
                 without_noise(row, times[mine], loop, randn)
     floors = {k: 1e3 * float(np.median(times[k])) / len(coeffs) for k in ("floor", "floor+randn")}
     return {"rounds": rounds, "floor_ms_per_nfe": floors, "randn_ms": 1e3 * float(np.median(randn)),
-            "floor_steps": len(coeffs), "floor_ops": floor_passes, "floor_ops_per_step": {k: v / len(coeffs) for k, v in floor_passes.items()},
+            "floor_steps": len(coeffs), "floor_ops": floor_passes,
+            "floor_ops_per_step": {k: v / len(coeffs) for k, v in floor_passes.items()},
             "solvers": rows}
 
 

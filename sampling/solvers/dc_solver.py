@@ -204,11 +204,7 @@ def sample_dc_solver(model, x, ts, noise, rng=None, order: int = 3, variant="bh1
         ours.appendleft(False)
         x = combine(keep, x, w, history)  # UniPC's one fused combination per step (unic.fused_plan), DC folded in
         if dc[k] is not None:  # m_k -> interpolant at t', into the buffer that dropped out
-            m = history[0]
-            history[0] = torch.mul(m, dc[k][0], out=spare if spare is not None else torch.empty_like(m))
-            for c, p in zip(dc[k][1:], [*history][1:]):
-                if c != 0.0:
-                    history[0].add_(p, alpha=c)
+            history[0] = combine(dc[k][0], history[0], dc[k][1:], [*history][1:], out=spare)
             ours[0] = True
     return x
 

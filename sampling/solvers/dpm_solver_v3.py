@@ -134,9 +134,10 @@ def _build(noise, ts, stats, like, order, p_pseudo, c_pseudo, use_corrector, hal
     alpha = [float(noise.alpha(u)) for u in t]
     orders = multistep_orders(len(ts) - 1, int(order), lower_order_final)
     corrects = HALF_RULES[half_rule] if half else (lambda _: True)
-    steps, delta = [], None  # delta: step k-1's corrector minus its predictor, (weights on f_k, f_{k-1}, ...; const)
+    steps, pred = [], None
     for k, p in enumerate(orders):
         c_order = orders[k - 1] + int(c_pseudo) if k > 0 else 0
+        # delta: step k-1's corrector minus its predictor (weights on f_k, f_{k-1}, ...; const), or None
         if use_corrector and c_order > 1 and corrects(t[k]):  # step k-1 -> k again, with f_k among the nodes
             nodes = [idx[k - 1], idx[k]] + [idx[k - j] for j in range(2, c_order)]
             _, W, c = step_coeffs(q, idx[k], alpha[k - 1], alpha[k], nodes, c_pseudo)

@@ -8,12 +8,11 @@ step's O(h^2) local error caps the global order at 2 for order >= 2).
 """
 from __future__ import annotations
 
-import torch
-
 from common.registry import check_choice
 from ..registry import register_solver
-from .adams import History, ab_weights, add_combination_
+from .adams import History, ab_weights
 from .grid import grid_coeffs, per_run, sigma_eps
+from .multistep import combine
 
 
 def _describe(steps, order=4, **_):
@@ -36,12 +35,9 @@ def _plan(noise, ts, order):
 def sample_ipndm(model, x, ts, noise, rng=None, order: int = 4):
     order = check_choice("ipndm order", int(order), (1, 2, 3, 4))
     history = History(order)  # sigma eps = x - alpha D, newest first
-    owned = None  # the caller's x is never written: the first step writes a new buffer, later ones update it
+    start = x  # the caller's x is never written: the first step writes a new buffer, later ones update it
     for t, a, s, keep, weights in _plan(noise, ts, order):
         history.push(sigma_eps(model, x, t, a, s, out=history.buffer(x)))
-        if owned is None:
-            x = owned = x.mul(keep)
-        elif keep != 1.0:
-            x.mul_(keep)
-        add_combination_(x, weights, history.items)  # x_e' = x_e + (s' - s) sum_j b_j eps_{k-j}
+        # x_e' = x_e + (s' - s) sum_j b_j eps_{k-j}
+        x = combine(keep, x, weights, history.items, out=None if x is start else x)
     return x

@@ -33,7 +33,7 @@ from common.registry import check_choice
 from ..registry import register_solver
 from .expint import check_form, phi, predict
 from .grid import grid_coeffs, per_run, sigma_eps
-from .multistep import combine, on_predictions
+from .multistep import combine, history_entry, on_predictions
 from .orders import describe_multistep, multistep_orders
 
 # AdamBmixer's numerators: (coefficient, coefficient of b) on eps_k, eps_{k-1}, ... over the denominator
@@ -121,11 +121,7 @@ def _run_hb(form, model, x, g, steps, first=None):
     history, u = deque(maxlen=size), None
     eps = form == "eps"
     for k, (keep, w, w_m, c_u, make_u) in enumerate(steps):
-        if eps:
-            m = sigma_eps(model, x, g.t[k], g.alpha[k], g.sigma[k], out=history[-1] if len(history) == size else None)
-        else:
-            m = model(x, g.t[k])
-        history.appendleft(m)
+        history.appendleft(history_entry(eps, model, x, g, k, out=history[-1] if len(history) == size else None))
         preds = list(history)[: len(w)]
         if k == 0 and first is not None:  # w = (S_0,) on the first step; the slope is in eps itself
             preds, w_m = [first(model, x, g, history[0].mul(1.0 / g.sigma[0]) if eps else history[0], keep, w[0])], w

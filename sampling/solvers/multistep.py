@@ -33,6 +33,14 @@ def combine(keep: float, x, weights, preds, out=None):
     return out
 
 
+def history_entry(eps: bool, model, x, g, k: int, out=None):
+    """Step k's prediction as the eps-form histories keep it, sigma eps = x - alpha x0 (into ``out``, a history
+    buffer about to drop out), or the model's x0 in the data form."""
+    if eps:
+        return sigma_eps(model, x, g.t[k], g.alpha[k], g.sigma[k], out=out)
+    return model(x, g.t[k])
+
+
 def run(form: str, model, x, g, steps):
     """steps[k] = (keep, weights on m_k, m_{k-1}, ...) for k -> k+1; m is the prediction in ``form``.
 
@@ -45,11 +53,7 @@ def run(form: str, model, x, g, steps):
     if eps:
         steps = [(keep, tuple(wj / g.sigma[k - j] for j, wj in enumerate(w))) for k, (keep, w) in enumerate(steps)]
     for k, (keep, w) in enumerate(steps):
-        if eps:
-            m = sigma_eps(model, x, g.t[k], g.alpha[k], g.sigma[k], out=history[-1] if len(history) == size else None)
-        else:
-            m = model(x, g.t[k])
-        history.appendleft(m)
+        history.appendleft(history_entry(eps, model, x, g, k, out=history[-1] if len(history) == size else None))
         x = combine(keep, x, w, history)  # x_{k+1} = keep x_k + sum_j w_j m_{k-j}
     return x
 

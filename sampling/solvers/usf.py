@@ -274,7 +274,5 @@ def sample_usf(model, x, ts, noise, rng=None, plan=None, family="taylor", order:
         (form, w), *others = terms
         x = combine(keep, x, w, hist.forms[form])  # a new buffer: the x the model saw stays as it was
         for form, w in others:
-            for wj, p in zip(w, hist.forms[form]):
-                if wj != 0.0:
-                    x.add_(p, alpha=wj)
+            combine(1.0, x, w, hist.forms[form], out=x)
     return x
