@@ -156,8 +156,75 @@ CHEAP_FIT = {"dc_solver": {"iterations": 2, "n_noises": 2}}
 CHEAP_CALIBRATION = {**CHEAP_FIT, "dpm_solver_v3": {"degenerated": True}}
 
 
+# ops whose result the host reads: on a GPU, a wait for the device (.item(), float() or bool() of a tensor,
+# torch.equal, nonzero, unique, boolean-mask indexing)
+SYNC_OPS = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.equal.default",
+            "aten.nonzero.default", "aten.masked_select.default", "aten._unique2.default",
+            "aten.unique_dim.default", "aten.unique_consecutive.default", "aten.allclose.default",
+            "aten.repeat_interleave.Tensor"}
+_MASK_INDEXED = {"aten.index.Tensor", "aten.index_put_.default", "aten.index_put.default"}
+
+
+class SyncRecorder:
+    """Records the host syncs a GPU run would make, from the aten ops CPU tensors dispatch, except inside
+    torch.nn.Module calls (the network's own arithmetic is the model's business, not the sampling loop's)
+    and inside functions wrapped by ``unrecorded``."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        recorder = self
+        self.syncs: list[str] = []
+        self._depth = 0
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = str(func)
+                if recorder._depth == 0 and (name in SYNC_OPS or (name in _MASK_INDEXED and _bool_index(args))):
+                    recorder.syncs.append(name)
+                return func(*args, **(kwargs or {}))
+
+        self._mode = Mode()
+
+    def unrecorded(self, fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            self._depth += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._depth -= 1
+        return call
+
+    def _enter_module(self, *_):
+        self._depth += 1
+
+    def _leave_module(self, *_):
+        self._depth -= 1
+
+    def __enter__(self):
+        from torch.nn.modules import module
+
+        self._hooks = [module.register_module_forward_pre_hook(self._enter_module),
+                       module.register_module_forward_hook(self._leave_module)]
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+        for h in self._hooks:
+            h.remove()
+
+
+def _bool_index(args) -> bool:
+    indices = args[1] if len(args) > 1 else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
+
+
 def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
-    """Every registered solver, with its defaults, samples a finite batch and spends exactly its NFE rule."""
+    """Every registered solver, with its defaults, samples a finite batch and spends exactly its NFE rule,
+    with one host sync in the batch loop: its finiteness check (launch.run.sample_batches), none in the
+    solver, the NFE counter or the family's adapter (SyncRecorder; the network itself is not looked at)."""
     from launch import calibration
     from launch.run import plan, sample_batches
     from sampling.registry import SOLVERS
@@ -173,8 +240,10 @@ def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
                "dtype": "float32", "model": model_cfg, "solver": dict(opts), "schedule": schedule}
         p, out, cpu = plan(cfg), [], torch.device("cpu")
         calibrated, _ = calibration.prepare(cfg, p, model, cpu)  # into the session's NFEBENCH_CALIBRATION_CACHE
-        counted = sample_batches(cfg, p, model, cpu, lambda x, x0, idx: out.append(x), calibrated).counted
+        with SyncRecorder() as rec:
+            counted = sample_batches(cfg, p, model, cpu, lambda x, x0, idx: out.append(x), calibrated).counted
         assert counted == p.spec.cost(p.steps, **p.solver_opts) <= nfe, solver
+        assert rec.syncs == ["aten._local_scalar_dense.default"], f"{solver}: host syncs {rec.syncs}"
         assert out[0].shape == (1, *sample_shape) and bool(torch.isfinite(out[0]).all()), solver
 
 

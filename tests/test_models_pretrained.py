@@ -18,7 +18,7 @@ from launch.run import load_model, plan, sample_batches
 from models.registry import build_model
 from common.errors import NfebenchError
 
-from helpers import compose_cfg, launch
+from helpers import SyncRecorder, compose_cfg, launch
 
 
 def _bump(net, scale=1.5, seed=0):
@@ -87,9 +87,13 @@ IMAGE_MODELS = {
 
 
 def run_path(cfg):
-    """plan + load_model + sample_batches as run_experiment does; returns (samples, counted, stats, model)."""
+    """plan + load_model + sample_batches as run_experiment does; returns (samples, counted, stats, model).
+    The only host sync is each batch's finiteness check: none in the solver, the counter or the family's adapter
+    (helpers.SyncRecorder; the network and the decoder themselves are not looked at)."""
     model, got = load_model(cfg), []
-    stats = sample_batches(cfg, plan(cfg), model, torch.device("cpu"), lambda x, x0, idx: got.append(x))
+    with SyncRecorder() as rec:
+        stats = sample_batches(cfg, plan(cfg), model, torch.device("cpu"), lambda x, x0, idx: got.append(x))
+    assert rec.syncs == ["aten._local_scalar_dense.default"] * len(got), rec.syncs
     return torch.cat(got), stats.counted, stats, model
 
 

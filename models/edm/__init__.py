@@ -8,7 +8,6 @@ schedule the model config names (`edm`, or EDM's VP schedule for DPM-Solver-styl
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from common.errors import NfebenchError
 
@@ -52,7 +51,9 @@ class EDMDenoiser(NetworkDenoiser):
         if self.num_classes:
             if cond is None:
                 raise NfebenchError("a class-conditional model was called without class labels")
-            onehot = F.one_hot(cond.to(x.device), self.num_classes).to(torch.float32)
+            # scatter, not F.one_hot: one_hot reads the labels' min and max on the host (labels are checked at load)
+            cond = cond.to(x.device)
+            onehot = torch.zeros(len(cond), self.num_classes, device=x.device).scatter_(1, cond[:, None], 1.0)
         sig = torch.full((len(x),), sigma, dtype=torch.float32, device=x.device)
         return self.net(x / a if a != 1.0 else x, sig, onehot).to(x.dtype)
 

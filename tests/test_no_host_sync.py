@@ -1,0 +1,100 @@
+"""No host synchronisation inside a batch's solver loop (issue 14's GPU goal), checked on the CPU.
+
+On a GPU a host sync is an op whose result the host must read: .item(), float()/bool() of a tensor,
+torch.equal, nonzero, boolean-mask indexing. CPU tensors dispatch the same aten ops, so a dispatch mode
+that records them while launch.run.sample_batch runs finds every sync a GPU run would make. The network
+itself (``predict``) is left out: a model's own arithmetic is the model's business, not the loop's.
+
+Every registered solver with its config's defaults, plus the variants that take other code paths, through
+launch.run's own plan(), calibration and sample_batch, as a run samples a batch.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from launch import calibration
+from launch.run import load_model, plan, sample_batch
+from sampling.registry import SOLVERS, get_solver
+
+from helpers import CHEAP_FIT, SyncRecorder, solver_defaults
+
+get_solver("ddim")  # imports every solver module, so SOLVERS is complete
+
+VARIANTS = {
+    "dpmpp": [{"order": 3}, {"method": "singlestep", "order": 3}],
+    "dpm_solver": [{"method": "multistep", "order": 3}],
+    "unipc": [{"order": 2, "variant": "bh2"}],
+    "deis": [{"basis": "logrho"}],
+    "pndm": [{"method": "s_pndm"}, {"method": "f_pndm"}],
+    "score_sde_pc": [{"n_corrector": 2, "predictor": "euler_maruyama"}],
+    "heun": [{"S_churn": 10}],
+    "euler": [{"S_churn": 10}],
+    "ddim": [{"eta": 1.0}],
+    "time_shift": [{"base": "ipndm"}],
+    "dlg": [{"chains": "persistent", "num_chains": 2}],
+    "dpm_solver_v3": [{"degenerated": True}],
+    "hb": [{"warmup": "pseudo_heun"}],
+    "ghvb": [{"warmup": "pseudo_heun"}],
+}
+# dlg's samples sit at their own noise levels and the model takes one level per call, so each sweep asks the
+# host which levels hold rows (sampling/solvers/dlg.py:_by_level): one unique and one row lookup per level, each
+# a sync; nothing else may sync
+LEVEL_GROUPING = {"dlg": {"aten._unique2.default", "aten.nonzero.default"}}
+MODEL = {"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"name": "vp_linear"}, "dtype": "float32"}
+
+
+def _cases():
+    for name in sorted(SOLVERS):
+        opts, schedule = solver_defaults(name)
+        for extra in [{}] + VARIANTS.get(name, []):
+            label = "-".join(f"{k}={v}" for k, v in extra.items()) or "default"
+            yield pytest.param(name, {**opts, **CHEAP_FIT.get(name, {}), **extra}, schedule, id=f"{name}-{label}")
+
+
+@pytest.mark.parametrize("name,opts,schedule", list(_cases()))
+def test_a_batch_makes_no_host_sync(name, opts, schedule, tmp_path):
+    spec = get_solver(name)
+    nfe = max(10, spec.min_nfe(**{k: v for k, v in opts.items() if k != "name"}))
+    cfg = {"nfe": nfe, "num_samples": 3, "batch_size": 3, "seed": 0, "sample_offset": 0, "t_end": None,
+           "dtype": "float32", "model": dict(MODEL), "solver": dict(opts), "schedule": dict(schedule),
+           "calibration": {"dir": str(tmp_path)}}
+    p = plan(cfg)
+    model = load_model(cfg)
+    recorder = SyncRecorder()
+    model.predict = recorder.unrecorded(model.predict)  # the analytic network's own arithmetic is not the loop's
+    calibrated = calibration.prepare(cfg, p, model, torch.device("cpu"))[0]
+    state = p.spec.run_state(0, model.shape, p.dtype, torch.device("cpu"), **p.solver_opts) if p.spec.run_state else None
+    sample_batch(cfg, p, model, range(3), torch.device("cpu"), calibrated=calibrated, run_state=state)  # warm caches
+    with recorder:
+        x, _, counter = sample_batch(cfg, p, model, range(3, 6), torch.device("cpu"), calibrated=calibrated,
+                                     run_state=state)
+    assert counter.count == spec.cost(p.steps, **p.solver_opts)
+    allowed = LEVEL_GROUPING.get(name, set())
+    assert [s for s in recorder.syncs if s not in allowed] == [], \
+        f"{name}: host syncs inside the batch: {sorted(set(recorder.syncs))}"
+    if allowed:  # at most one grouping per model call (a sweep makes one or more, one per level)
+        assert 0 < recorder.syncs.count("aten._unique2.default") <= counter.network_evals + counter.setup_evals
+
+
+class _Syncing(torch.nn.Module):
+    def forward(self, x):
+        return x * float(x.sum())
+
+
+def test_the_recorder_sees_a_host_sync_outside_the_network():
+    """The checks can fail: .item(), a bool of a tensor and a mask index are each recorded; the same inside an
+    nn.Module's call or a function wrapped as unrecorded are not, and the module hooks are gone afterwards."""
+    recorder = SyncRecorder()
+    x = torch.arange(4.0)
+    with recorder:
+        x.sum().item()
+        bool(x.max() > 1)
+        x[x > 1]
+        x * 2
+        _Syncing()(x)
+        recorder.unrecorded(lambda v: v.sum().item())(x)
+    assert recorder.syncs == ["aten._local_scalar_dense.default", "aten._local_scalar_dense.default",
+                              "aten.index.Tensor"]
+    _Syncing()(x)
+    assert recorder._depth == 0
