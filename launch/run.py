@@ -217,6 +217,8 @@ def sample_batch(cfg: dict, p: Plan, model, idx, device, seeds=None, trace=False
         x = teleport.teleport(x_start, p.t_start, p.teleport.t, model.noise, calibrated[teleport.KIND])
     # Per-sample conditioning (class labels) depends on (seed, i) only; the counter binds it.
     cond = model.conditions(cfg["seed"], idx) if hasattr(model, "conditions") else None
+    if cond is not None:  # on the device once per batch, not copied there by every model call
+        cond = cond.to(device, non_blocking=True)
     counter = CountedDenoiser(model, budget=cfg["nfe"], cond=cond, trace=trace, calls=p.cost)
     with torch.no_grad():
         x = p.spec.fn(counter, x, p.ts, model.noise, rng, **p.solver_opts, **extra)

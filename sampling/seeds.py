@@ -80,10 +80,13 @@ def draw_rows(gens, shape, dtype, device) -> torch.Tensor:
     """One N(0, I) draw of the given shape from each generator, stacked."""
     # normal_ into each sample's slice of one buffer: the same numbers as torch.randn per sample
     # and a stack, without the per-sample tensors
-    out = torch.empty((len(gens), *shape), dtype=DRAW_DTYPE)
+    device = torch.device(device)
+    out = torch.empty((len(gens), *shape), dtype=DRAW_DTYPE, pin_memory=device.type == "cuda")
     for row, g in zip(out, gens):
         row.normal_(generator=g)
-    return out.to(device=device, dtype=dtype)
+    # non_blocking: a blocking host-to-GPU copy waits for every kernel queued before it (a host sync per draw);
+    # from pinned memory the copy is queued behind them, and torch keeps the buffer until it has run
+    return out.to(device=device, dtype=dtype, non_blocking=True)
 
 
 class SampleNoise:

@@ -157,7 +157,8 @@ CHEAP_CALIBRATION = {**CHEAP_FIT, "dpm_solver_v3": {"degenerated": True}}
 
 
 # ops whose result the host reads: on a GPU, a wait for the device (.item(), float() or bool() of a tensor,
-# torch.equal, nonzero, unique, boolean-mask indexing)
+# torch.equal, nonzero, unique, boolean-mask indexing); blocking copies between devices are found apart
+# (_blocking_copy)
 SYNC_OPS = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.equal.default",
             "aten.nonzero.default", "aten.masked_select.default", "aten._unique2.default",
             "aten.unique_dim.default", "aten.unique_consecutive.default", "aten.allclose.default",
@@ -179,10 +180,11 @@ class SyncRecorder:
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                name = str(func)
-                if recorder._depth == 0 and (name in SYNC_OPS or (name in _MASK_INDEXED and _bool_index(args))):
+                name, kwargs = str(func), kwargs or {}
+                if recorder._depth == 0 and (name in SYNC_OPS or (name in _MASK_INDEXED and _bool_index(args))
+                                             or _blocking_copy(name, args, kwargs)):
                     recorder.syncs.append(name)
-                return func(*args, **(kwargs or {}))
+                return func(*args, **kwargs)
 
         self._mode = Mode()
 
@@ -216,15 +218,44 @@ class SyncRecorder:
             h.remove()
 
 
+def _blocking_copy(name: str, args, kwargs) -> bool:
+    """A copy between devices that waits for the device: any copy to the host, and one from the host without
+    non_blocking (torch then synchronises the stream). Seen on CPU runs only with a device such as "meta"."""
+    if name == "aten._to_copy.default":
+        src, dst, non_blocking = args[0].device, kwargs.get("device"), kwargs.get("non_blocking", False)
+    elif name == "aten.copy_.default":
+        src, dst, non_blocking = args[1].device, args[0].device, (args[2] if len(args) > 2 else kwargs.get("non_blocking", False))
+    else:
+        return False
+    dst = src if dst is None else torch.device(dst)
+    return dst != src and (dst.type == "cpu" or not non_blocking)
+
+
 def _bool_index(args) -> bool:
     indices = args[1] if len(args) > 1 else ()
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
 
 
+def solver_cases(variants: dict):
+    """pytest params (name, options, grid options) of every registered solver with its config's options (a small
+    DC-Solver fit), then each of ``variants[name]`` (options over those), ids "<name>-<option>=<value>"."""
+    import pytest
+
+    from sampling.registry import SOLVERS
+
+    get_solver("ddim")  # imports every solver module, so SOLVERS is complete
+    for name in sorted(SOLVERS):
+        opts, schedule = solver_defaults(name)
+        for extra in [{}] + variants.get(name, []):
+            label = "-".join(f"{k}={v}" for k, v in extra.items()) or "default"
+            yield pytest.param(name, {**opts, **CHEAP_FIT.get(name, {}), **extra}, schedule, id=f"{name}-{label}")
+
+
 def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
     """Every registered solver, with its defaults, samples a finite batch and spends exactly its NFE rule,
     with one host sync in the batch loop: its finiteness check (launch.run.sample_batches), none in the
-    solver, the NFE counter or the family's adapter (SyncRecorder; the network itself is not looked at)."""
+    solver, the NFE counter or the family's adapter (SyncRecorder; the network itself is not looked at); and on
+    another device no blocking copy (batch_copies_nothing_blocking)."""
     from launch import calibration
     from launch.run import plan, sample_batches
     from sampling.registry import SOLVERS
@@ -245,6 +276,29 @@ def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
         assert counted == p.spec.cost(p.steps, **p.solver_opts) <= nfe, solver
         assert rec.syncs == ["aten._local_scalar_dense.default"], f"{solver}: host syncs {rec.syncs}"
         assert out[0].shape == (1, *sample_shape) and bool(torch.isfinite(out[0]).all()), solver
+    batch_copies_nothing_blocking(model_cfg, model)
+
+
+# the family checks' solvers on "meta": the data-form and eps-form call paths and a noise-drawing one; every
+# solver's own copies are checked on the analytic model (tests/test_no_host_sync.py)
+ON_DEVICE = ("dpmpp", "pndm", "ddpm")
+
+
+def batch_copies_nothing_blocking(model_cfg: dict, model, solvers=ON_DEVICE) -> None:
+    """A batch on the "meta" device (shapes only: a host read would fail) with a copy of the model (its
+    network moves there): every copy between host and device is non-blocking (SyncRecorder)."""
+    from launch.run import plan, sample_batch
+
+    model, meta = copy.deepcopy(model), torch.device("meta")
+    for solver in solvers:
+        opts, schedule = solver_defaults(solver)
+        cfg = {"nfe": 6, "num_samples": 2, "batch_size": 2, "seed": 0, "sample_offset": 0, "t_end": None,
+               "dtype": "float32", "model": model_cfg, "solver": dict(opts), "schedule": schedule}
+        p = plan(cfg)
+        sample_batch(cfg, p, model, range(2), meta)  # the network moves to the device
+        with SyncRecorder() as rec:
+            x = sample_batch(cfg, p, model, range(2, 4), meta)[0]
+        assert x.device == meta and rec.syncs == [], f"{solver}: blocking copies {rec.syncs}"
 
 
 def launch_argv(*args) -> list:

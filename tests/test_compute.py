@@ -95,3 +95,62 @@ def test_merged_compute_adds_calls_and_macs_and_pools_times():
     m = merge_compute([part(10, 9, 1.0), part(10, 10, 2.0)], num_samples=8)
     assert m["macs_total"] == 2000 and m["macs_per_sample"] == 250 and m["timed_calls"] == 19
     assert m["macs_per_call"][0]["calls"] == 20 and m["seconds_per_call"] == pytest.approx((9 + 20) / 19)
+
+
+class _FakeEvent:
+    """torch.cuda.Event's timing surface on a fake device clock (ms): record() stamps the clock, and the
+    model below advances it as a kernel would; synchronize() is counted (a wait for the device)."""
+    clock = 0.0
+    waits = 0
+
+    def __init__(self, enable_timing=False):
+        assert enable_timing
+        self.stamp = None
+
+    def record(self):
+        self.stamp = _FakeEvent.clock
+
+    def elapsed_time(self, end):
+        assert self.stamp is not None and end.stamp is not None, "read before recorded"
+        return end.stamp - self.stamp
+
+    def synchronize(self):
+        _FakeEvent.waits += 1
+
+
+class _OnDevice(torch.Tensor):
+    """A CPU tensor that says it is on a GPU: takes the counter's CUDA branch."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+class _DeviceModel:
+    """x0 = x / 2, spending 2.5 ms of the fake device clock per call."""
+    noise, shape, prediction = None, (1, 2, 2), "x0"
+
+    def __call__(self, x, t, cond=None):
+        _FakeEvent.clock += 2.5
+        return x * 0.5
+
+
+def test_on_a_gpu_model_time_comes_from_events_read_once_after_the_batch(monkeypatch):
+    """Issue 14's GPU goal, without a GPU: every timed call is bracketed by two CUDA events and nothing waits
+    for the device during the batch (no torch.cuda.synchronize, no event synchronize); the events are read
+    when the batch's seconds are asked for, waiting once, on the last one."""
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: pytest.fail("torch.cuda.synchronize in the loop"))
+    monkeypatch.setattr(_FakeEvent, "clock", 0.0)
+    monkeypatch.setattr(_FakeEvent, "waits", 0)
+    counter = CountedDenoiser(_DeviceModel(), budget=None)
+    x = torch.ones(3, 1, 2, 2).as_subclass(_OnDevice)
+    for k in range(6):
+        x = counter(x, 1.0 - k / 10)
+    assert _FakeEvent.waits == 0 and len(counter._events) == 5  # the first call is metered (MACs), not timed
+    (config,) = counter.calls_by
+    assert counter.seconds_by() == {config: pytest.approx(5 * 2.5e-3)}
+    assert counter.timed_calls(config) == 5 and _FakeEvent.waits == 1
+    tally = ComputeTally()
+    tally.add(counter)
+    assert tally.record(3)["seconds_per_call"] == pytest.approx(2.5e-3)

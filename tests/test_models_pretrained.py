@@ -18,7 +18,7 @@ from launch.run import load_model, plan, sample_batches
 from models.registry import build_model
 from common.errors import NfebenchError
 
-from helpers import SyncRecorder, compose_cfg, launch
+from helpers import SyncRecorder, batch_copies_nothing_blocking, compose_cfg, launch
 
 
 def _bump(net, scale=1.5, seed=0):
@@ -113,6 +113,7 @@ def test_every_image_model_config_samples_through_the_run_path(name, tmp_path):
             assert x.min() >= -1 and x.max() <= 1 and stats.decode_s > 0
             assert tuple(model.shape) != image_shape  # sampled in latent space, decoded after
         assert x.std() > 0
+    batch_copies_nothing_blocking(cfg["model"], model)
     rec = model.describe()
     assert rec["source"]["path"] == str(path) and rec["source"]["loaded_from"] == "path"
     assert rec["prediction"] == "eps" and rec["network_dtype"] == "float32"

@@ -15,11 +15,10 @@ import torch
 
 from launch import calibration
 from launch.run import load_model, plan, sample_batch
-from sampling.registry import SOLVERS, get_solver
+from sampling.registry import get_solver
 
-from helpers import CHEAP_FIT, SyncRecorder, solver_defaults
+from helpers import SyncRecorder, solver_cases
 
-get_solver("ddim")  # imports every solver module, so SOLVERS is complete
 
 VARIANTS = {
     "dpmpp": [{"order": 3}, {"method": "singlestep", "order": 3}],
@@ -44,15 +43,7 @@ LEVEL_GROUPING = {"dlg": {"aten._unique2.default", "aten.nonzero.default"}}
 MODEL = {"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"name": "vp_linear"}, "dtype": "float32"}
 
 
-def _cases():
-    for name in sorted(SOLVERS):
-        opts, schedule = solver_defaults(name)
-        for extra in [{}] + VARIANTS.get(name, []):
-            label = "-".join(f"{k}={v}" for k, v in extra.items()) or "default"
-            yield pytest.param(name, {**opts, **CHEAP_FIT.get(name, {}), **extra}, schedule, id=f"{name}-{label}")
-
-
-@pytest.mark.parametrize("name,opts,schedule", list(_cases()))
+@pytest.mark.parametrize("name,opts,schedule", list(solver_cases(VARIANTS)))
 def test_a_batch_makes_no_host_sync(name, opts, schedule, tmp_path):
     spec = get_solver(name)
     nfe = max(10, spec.min_nfe(**{k: v for k, v in opts.items() if k != "name"}))
@@ -82,6 +73,25 @@ class _Syncing(torch.nn.Module):
         return x * float(x.sum())
 
 
+@pytest.mark.parametrize("name,opts,schedule", [c for c in solver_cases(VARIANTS) if c.values[0] not in LEVEL_GROUPING])
+def test_on_another_device_a_batch_copies_nothing_blocking(name, opts, schedule, tmp_path):
+    """The same batch on the "meta" device (shapes only, no values: a read on the host would fail): every
+    copy between the host and the device is one that does not wait for it (the noise draws, the labels)."""
+    cfg = {"nfe": max(10, get_solver(name).min_nfe(**{k: v for k, v in opts.items() if k != "name"})),
+           "num_samples": 3, "batch_size": 3, "seed": 0, "sample_offset": 0, "t_end": None, "dtype": "float32",
+           "model": dict(MODEL), "solver": dict(opts), "schedule": dict(schedule), "calibration": {"dir": str(tmp_path)}}
+    p, model, meta = plan(cfg), load_model(cfg), torch.device("meta")
+    recorder = SyncRecorder()
+    model.predict = recorder.unrecorded(model.predict)
+    calibrated = calibration.prepare(cfg, p, model, torch.device("cpu"))[0]
+    state = p.spec.run_state(0, model.shape, p.dtype, meta, **p.solver_opts) if p.spec.run_state else None
+    sample_batch(cfg, p, model, range(3), meta, calibrated=calibrated, run_state=state)
+    with recorder:
+        x, _, counter = sample_batch(cfg, p, model, range(3, 6), meta, calibrated=calibrated, run_state=state)
+    assert x.device == meta and counter.count == get_solver(name).cost(p.steps, **p.solver_opts)
+    assert recorder.syncs == [], f"{name}: blocking copies: {recorder.syncs}"
+
+
 def test_the_recorder_sees_a_host_sync_outside_the_network():
     """The checks can fail: .item(), a bool of a tensor and a mask index are each recorded; the same inside an
     nn.Module's call or a function wrapped as unrecorded are not, and the module hooks are gone afterwards."""
@@ -94,7 +104,10 @@ def test_the_recorder_sees_a_host_sync_outside_the_network():
         x * 2
         _Syncing()(x)
         recorder.unrecorded(lambda v: v.sum().item())(x)
+        x.to("meta")
+        x.to("meta", non_blocking=True)
+        torch.empty(4, device="meta").copy_(x)
     assert recorder.syncs == ["aten._local_scalar_dense.default", "aten._local_scalar_dense.default",
-                              "aten.index.Tensor"]
+                              "aten.index.Tensor", "aten._to_copy.default", "aten.copy_.default"]
     _Syncing()(x)
     assert recorder._depth == 0

@@ -15,11 +15,10 @@ import torch
 from launch import calibration
 from launch.run import load_model, plan, sample_batches
 from common.errors import NfebenchError
-from sampling.registry import SOLVERS, get_solver
+from sampling.registry import get_solver
 
-from helpers import CHEAP_FIT, solver_defaults
+from helpers import solver_cases
 
-get_solver("ddim")  # imports every solver module, so SOLVERS is complete
 MAX_NFE = 50
 MODEL = {"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"name": "vp_linear"}, "dtype": "float64"}
 
@@ -43,15 +42,7 @@ VARIANTS = {
 }
 
 
-def _cases():
-    for name in sorted(SOLVERS):
-        opts, schedule = solver_defaults(name)
-        for extra in [{}] + VARIANTS.get(name, []):
-            label = "-".join(f"{k}={v}" for k, v in extra.items()) or "default"
-            yield pytest.param(name, {**opts, **CHEAP_FIT.get(name, {}), **extra}, schedule, id=f"{name}-{label}")
-
-
-@pytest.mark.parametrize("name,opts,schedule", list(_cases()))
+@pytest.mark.parametrize("name,opts,schedule", list(solver_cases(VARIANTS)))
 def test_every_solver_at_every_budget_spends_its_cost_or_refuses_cleanly(name, opts, schedule, tmp_path):
     spec = get_solver(name)
     solver_opts = {k: v for k, v in opts.items() if k != "name"}
