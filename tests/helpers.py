@@ -156,23 +156,16 @@ CHEAP_FIT = {"dc_solver": {"iterations": 2, "n_noises": 2}}
 CHEAP_CALIBRATION = {**CHEAP_FIT, "dpm_solver_v3": {"degenerated": True}}
 
 
-# ops whose result the host reads: on a GPU, a wait for the device (.item(), float() or bool() of a tensor,
-# torch.equal, nonzero, unique, boolean-mask indexing); blocking copies between devices are found apart
-# (_blocking_copy)
-SYNC_OPS = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.equal.default",
-            "aten.nonzero.default", "aten.masked_select.default", "aten._unique2.default",
-            "aten.unique_dim.default", "aten.unique_consecutive.default", "aten.allclose.default",
-            "aten.repeat_interleave.Tensor"}
-_MASK_INDEXED = {"aten.index.Tensor", "aten.index_put_.default", "aten.index_put.default"}
-
-
 class SyncRecorder:
-    """Records the host syncs a GPU run would make, from the aten ops CPU tensors dispatch, except inside
+    """Records the host syncs a GPU run would make (launch.bench.ops.reads_on_host: reads of a value and
+    blocking copies between devices), from the aten ops CPU tensors dispatch, except inside
     torch.nn.Module calls (the network's own arithmetic is the model's business, not the sampling loop's)
     and inside functions wrapped by ``unrecorded``."""
 
     def __init__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
+
+        from launch.bench.ops import reads_on_host
 
         recorder = self
         self.syncs: list[str] = []
@@ -180,10 +173,9 @@ class SyncRecorder:
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                name, kwargs = str(func), kwargs or {}
-                if recorder._depth == 0 and (name in SYNC_OPS or (name in _MASK_INDEXED and _bool_index(args))
-                                             or _blocking_copy(name, args, kwargs)):
-                    recorder.syncs.append(name)
+                kwargs = kwargs or {}
+                if recorder._depth == 0 and reads_on_host(func, args, kwargs):
+                    recorder.syncs.append(str(func))
                 return func(*args, **kwargs)
 
         self._mode = Mode()
@@ -216,24 +208,6 @@ class SyncRecorder:
         self._mode.__exit__(*exc)
         for h in self._hooks:
             h.remove()
-
-
-def _blocking_copy(name: str, args, kwargs) -> bool:
-    """A copy between devices that waits for the device: any copy to the host, and one from the host without
-    non_blocking (torch then synchronises the stream). Seen on CPU runs only with a device such as "meta"."""
-    if name == "aten._to_copy.default":
-        src, dst, non_blocking = args[0].device, kwargs.get("device"), kwargs.get("non_blocking", False)
-    elif name == "aten.copy_.default":
-        src, dst, non_blocking = args[1].device, args[0].device, (args[2] if len(args) > 2 else kwargs.get("non_blocking", False))
-    else:
-        return False
-    dst = src if dst is None else torch.device(dst)
-    return dst != src and (dst.type == "cpu" or not non_blocking)
-
-
-def _bool_index(args) -> bool:
-    indices = args[1] if len(args) > 1 else ()
-    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
 
 
 def solver_cases(variants: dict):

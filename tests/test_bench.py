@@ -176,6 +176,20 @@ def test_pass_counter_counts_data_touching_ops_on_batch_sized_tensors_only():
     assert dict(c.random) == {"aten.randn.default": 1}
 
 
+def test_pass_counter_counts_what_would_make_the_host_wait_for_a_gpu():
+    x = torch.randn(4, 3)
+    c = count_passes(lambda _: (x.sum().item(), bool(x.max() > 0), x[x > 0], x.nonzero(), x * 2,
+                                x.to("meta", non_blocking=True), x.to("meta")), x.numel())
+    assert dict(c.host_reads) == {"aten._local_scalar_dense.default": 2, "aten.index.Tensor": 1,
+                                  "aten.nonzero.default": 1, "aten._to_copy.default": 1}
+    # the bench's solvers make none (a GPU would wait at each), draws included
+    noise = noise_schedule()
+    model, x = NearFree(noise, (2, 4, 4)), torch.randn(3, 2, 4, 4)
+    for name in ("dpmpp", "ddpm", "time_shift"):
+        case = Case.plan(name, compose([f"solver={name}", "model=digits_unet", f"nfe={NFE}"]), noise, NFE)
+        assert passes_per_batch(case, model, x)[0].host_reads == {}, name
+
+
 def test_pass_counter_hides_the_noise_sources_draws():
     x = torch.randn(2, 3, 2, 2, dtype=torch.float64)
     rng = SampleNoise(0, range(2), (3, 2, 2), dtype=torch.float64)  # its draw: per-sample normal_ + a float64 cast

@@ -36,19 +36,54 @@ def is_random(func) -> bool:
     return torch.Tag.nondeterministic_seeded in func.tags
 
 
+# ops whose result the host reads: on a GPU, each waits for the device (.item(), float() or bool() of a
+# tensor, torch.equal, nonzero, unique, a boolean-mask index); CPU tensors dispatch the same ops
+HOST_READS = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.equal.default",
+              "aten.nonzero.default", "aten.masked_select.default", "aten._unique2.default",
+              "aten.unique_dim.default", "aten.unique_consecutive.default", "aten.allclose.default",
+              "aten.repeat_interleave.Tensor"}
+_MASK_INDEXED = {"aten.index.Tensor", "aten.index_put_.default", "aten.index_put.default"}
+
+
+def reads_on_host(func, args, kwargs) -> bool:
+    """Whether this aten call makes the host wait for the device: a read of a value, or a copy between
+    devices that blocks (any copy to the host; one from the host without non_blocking, before which torch
+    synchronises the stream). Copies show only when a run uses another device, e.g. "meta" on a CPU."""
+    name = str(func)
+    if name in HOST_READS:
+        return True
+    if name in _MASK_INDEXED:
+        indices = (args[1] if len(args) > 1 else None) or ()
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+    if name == "aten._to_copy.default":
+        src, dst, non_blocking = args[0].device, kwargs.get("device"), kwargs.get("non_blocking", False)
+    elif name == "aten.copy_.default":
+        src, dst = args[1].device, args[0].device
+        non_blocking = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
+    else:
+        return False
+    dst = src if dst is None else torch.device(dst)
+    return dst != src and (dst.type == "cpu" or not non_blocking)
+
+
 class PassCounter(TorchDispatchMode):
     """Counts aten ops any of whose tensor inputs or outputs has at least `numel` elements (a reduction
-    reads the whole batch as an elementwise op does), by op name; random ops go to `random`."""
+    reads the whole batch as an elementwise op does), by op name; random ops go to `random`. Also counts,
+    draws included, the ops that would make the host wait for a GPU (`host_reads`, see reads_on_host)."""
 
     def __init__(self, numel: int):
         super().__init__()
         self.numel, self.passes, self.random, self.paused = numel, Counter(), Counter(), 0
+        self.host_reads = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if reads_on_host(func, args, kwargs):
+            self.host_reads[str(func)] += 1
+        out = func(*args, **kwargs)
         if not self.paused and touches_data(func) and any(
                 isinstance(t, torch.Tensor) and t.numel() >= self.numel
-                for t in tree_leaves((args, kwargs or {}, out))):
+                for t in tree_leaves((args, kwargs, out))):
             (self.random if is_random(func) else self.passes)[str(func)] += 1
         return out
 

@@ -120,7 +120,8 @@ def measure_shape(shape, rounds: int, names: list[str], noise) -> dict:
     for n, case in cases.items():
         passes, nfe = passes_per_batch(case, model, x_start)
         rows[n] = {"nfe": nfe, "stochastic": is_stochastic(case, model), "options": case.opts,
-                   "ops": passes.total, "ops_by_aten_op": dict(sorted(passes.passes.items()))}
+                   "ops": passes.total, "ops_by_aten_op": dict(sorted(passes.passes.items())),
+                   "host_reads": sum(passes.host_reads.values()), "host_reads_by_aten_op": dict(passes.host_reads)}
         contenders[f"nfebench {n}"] = prep_nfebench(case, model, x_start)
         if n in DIFFUSERS:
             match = DIFFUSERS[n]
@@ -206,6 +207,11 @@ def goals(shapes: dict, check: list[dict]) -> list[Goal]:
             out.append(Goal(f"every shared {kind} solver <= {DIFFUSERS_GOAL}x diffusers' scheduler.step loop per NFE "
                             f"at {label}{extra} (worst)", max(vals) if vals else None, DIFFUSERS_GOAL,
                             why_not_measured="diffusers missing"))
+    out.append(Goal("no host sync inside a batch, on a GPU (proxy on this CPU: ops that read a value on the host, "
+                    "counted in each solver's probe run; worst per batch)",
+                    max((r["host_reads"] for res in shapes.values() for r in res["solvers"].values()), default=None),
+                    0, unit="",
+                    why_not_measured="no solver measured"))
     worst = max((r["max_abs_diff"] / r["tolerance"] if r["max_abs_diff"] is not None else math.inf) for r in check) \
         if check else None
     out.append(Goal("fast paths give the same samples: worst max|diff| / tolerance over solver outputs",
@@ -253,7 +259,10 @@ def body(shapes: dict, check: list[dict]) -> list[str]:
              "implementation costs exactly its passes, above 1x what it costs beyond them (Python, small tensors, "
              "and passes that move more data than the floor's, e.g. a 3-operand addcmul). For configs that draw "
              "noise the measured ratio includes both sides' draws (see below), which pull it toward 1x, so their "
-             "`/ op bound` says little. Per-op counts are in solvers.json (`ops_by_aten_op`).", "",
+             "`/ op bound` says little. Per-op counts are in solvers.json (`ops_by_aten_op`). `host reads`: ops in "
+             "the same run that read a tensor's value on the host (`.item()`, `float`/`bool` of a tensor, nonzero, "
+             "unique, a boolean-mask index; ops.reads_on_host), each a wait for the device on a GPU, noise draws "
+             "included.", "",
              "Stochastic methods: both sides draw Gaussian noise of the batch's shape with torch's generator, "
              "diffusers one batched `torch.randn` per draw, nfebench one stream per sample (batch-invariant "
              "samples; see noise.md), and one draw costs "
@@ -278,15 +287,16 @@ def body(shapes: dict, check: list[dict]) -> list[str]:
                   f"floor+randn {res['floor_ops']['floor+randn']} ({res['floor_ops_per_step']['floor+randn']:.1f} "
                   "per step, the randn not counted).",
                   "", "| solver | NFE | stochastic | ms / NFE | / floor | ops / NFE | op bound | / op bound | "
-                  "diffusers ms / NFE (NFE) | "
+                  "host reads | diffusers ms / NFE (NFE) | "
                   "set_timesteps ms | / diffusers | / with set_timesteps | draws (diffusers) | noise bound | "
-                  "/ diffusers w/o noise |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "/ diffusers w/o noise |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for n, r in res["solvers"].items():
             d = f"{r['diffusers_ms_per_nfe']:.3f} ({r['diffusers_nfe']})" if "vs_diffusers" in r else "–"
             draws = f"{r['draws']} ({r['diffusers_draws']})" if "draws" in r else "–"
             lines.append(f"| {n} | {r['nfe']} | {'yes' if r['stochastic'] else 'no'} | {r['ms_per_nfe']:.3f} | "
                          f"{_fmt(r['vs_floor'])} | {r['ops_per_nfe']:.1f} | {_fmt(r['op_bound'])} | "
-                         f"{_fmt(r['vs_op_bound'])} | {d} | {_fmt(r.get('diffusers_set_timesteps_ms'), '.3f', '')} | "
+                         f"{_fmt(r['vs_op_bound'])} | {r['host_reads']} | {d} | "
+                         f"{_fmt(r.get('diffusers_set_timesteps_ms'), '.3f', '')} | "
                          f"{_fmt(r.get('vs_diffusers'))} | {_fmt(r.get('vs_diffusers_with_set_timesteps'))} | "
                          f"{draws} | {_fmt(r.get('noise_bound'))} | {_fmt(r.get('vs_diffusers_without_noise'))} |")
         vs = [r["vs_floor"] for r in res["solvers"].values()]
