@@ -30,6 +30,7 @@ from common.errors import NfebenchError
 from common.registry import check_choice
 
 from .calibration import Need
+from .solvers.grid import on_device
 from .timesteps import make_grid
 
 REGRIDS = ("restart", "keep")
@@ -135,8 +136,9 @@ def teleport_edm(x_e: torch.Tensor, stats: dict, s0: float, s1: float) -> torch.
     lam, r = stats["eigvals"].astype(np.float64), float(stats["residual"])
     gain = np.sqrt((lam + s1 * s1) / (lam + s0 * s0))
     rest = math.sqrt((r + s1 * s1) / (r + s0 * s0))
-    mu, U, g = (torch.as_tensor(v, dtype=x_e.dtype, device=x_e.device) for v in (stats["mean"], stats["eigvecs"],
-                                                                                  gain - rest))
+    mu, U = on_device(stats, lambda: tuple(torch.as_tensor(stats[k], dtype=x_e.dtype, device=x_e.device)
+                                           for k in ("mean", "eigvecs")), x_e)
+    g = torch.as_tensor(gain - rest, dtype=x_e.dtype).to(x_e.device, non_blocking=True)  # depends on s0, s1
     y = x_e.reshape(x_e.shape[0], -1) - mu
     # the rest of the space shrinks by `rest`; U's directions by their own gains
     return (mu + rest * y + ((y @ U) * g) @ U.T).reshape(x_e.shape)

@@ -158,14 +158,17 @@ CHEAP_CALIBRATION = {**CHEAP_FIT, "dpm_solver_v3": {"degenerated": True}}
 
 class SyncRecorder:
     """Records the host syncs a GPU run would make (launch.bench.ops.reads_on_host: reads of a value and
-    blocking copies between devices), from the aten ops CPU tensors dispatch, except inside
+    blocking copies between devices; built_on_device: tensors built from host data onto a device), from the
+    aten ops CPU tensors dispatch and the torch functions called, except inside
     torch.nn.Module calls (the network's own arithmetic is the model's business, not the sampling loop's)
     and inside functions wrapped by ``unrecorded``."""
 
     def __init__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
 
-        from launch.bench.ops import reads_on_host
+        from torch.overrides import TorchFunctionMode
+
+        from launch.bench.ops import built_on_device, reads_on_host
 
         recorder = self
         self.syncs: list[str] = []
@@ -178,7 +181,14 @@ class SyncRecorder:
                     recorder.syncs.append(str(func))
                 return func(*args, **kwargs)
 
-        self._mode = Mode()
+        class Built(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if recorder._depth == 0 and built_on_device(func, kwargs):
+                    recorder.syncs.append(f"torch.{func.__name__} onto {kwargs['device']}")
+                return func(*args, **kwargs)
+
+        self._mode, self._built = Mode(), Built()
 
     def unrecorded(self, fn):
         @functools.wraps(fn)
@@ -201,11 +211,13 @@ class SyncRecorder:
 
         self._hooks = [module.register_module_forward_pre_hook(self._enter_module),
                        module.register_module_forward_hook(self._leave_module)]
+        self._built.__enter__()
         self._mode.__enter__()
         return self
 
     def __exit__(self, *exc):
         self._mode.__exit__(*exc)
+        self._built.__exit__(*exc)
         for h in self._hooks:
             h.remove()
 

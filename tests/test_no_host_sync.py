@@ -17,7 +17,7 @@ from launch import calibration
 from launch.run import load_model, plan, sample_batch
 from sampling.registry import get_solver
 
-from helpers import SyncRecorder, solver_cases
+from helpers import SyncRecorder, compose_cfg, solver_cases
 
 
 VARIANTS = {
@@ -92,6 +92,21 @@ def test_on_another_device_a_batch_copies_nothing_blocking(name, opts, schedule,
     assert recorder.syncs == [], f"{name}: blocking copies: {recorder.syncs}"
 
 
+def test_on_another_device_a_teleported_batch_copies_nothing_blocking(tmp_path):
+    """The teleport's Gaussian statistics go to the device once per run, not with every batch."""
+    cfg = compose_cfg("model=gaussian", "teleport.skip=0.6", "solver=dpmpp", "nfe=10", "num_samples=3",
+                      "batch_size=3", f"calibration.dir={tmp_path}")
+    p, model, meta = plan(cfg), load_model(cfg), torch.device("meta")
+    assert p.teleport.need
+    calibrated = calibration.prepare(cfg, p, model, torch.device("cpu"))[0]
+    sample_batch(cfg, p, model, range(3), meta, calibrated=calibrated)
+    recorder = SyncRecorder()
+    model.predict = recorder.unrecorded(model.predict)
+    with recorder:
+        x = sample_batch(cfg, p, model, range(3, 6), meta, calibrated=calibrated)[0]
+    assert x.device == meta and recorder.syncs == []
+
+
 def test_the_recorder_sees_a_host_sync_outside_the_network():
     """The checks can fail: .item(), a bool of a tensor and a mask index are each recorded; the same inside an
     nn.Module's call or a function wrapped as unrecorded are not, and the module hooks are gone afterwards."""
@@ -107,7 +122,10 @@ def test_the_recorder_sees_a_host_sync_outside_the_network():
         x.to("meta")
         x.to("meta", non_blocking=True)
         torch.empty(4, device="meta").copy_(x)
+        torch.as_tensor([1.0, 2.0], device="meta")
+        torch.as_tensor([1.0, 2.0])
     assert recorder.syncs == ["aten._local_scalar_dense.default", "aten._local_scalar_dense.default",
-                              "aten.index.Tensor", "aten._to_copy.default", "aten.copy_.default"]
+                              "aten.index.Tensor", "aten._to_copy.default", "aten.copy_.default",
+                              "torch.as_tensor onto meta"]
     _Syncing()(x)
     assert recorder._depth == 0

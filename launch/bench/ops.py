@@ -66,6 +66,13 @@ def reads_on_host(func, args, kwargs) -> bool:
     return dst != src and (dst.type == "cpu" or not non_blocking)
 
 
+def built_on_device(func, kwargs) -> bool:
+    """Whether a torch function call builds a tensor from host data (a list, an array) straight onto another
+    device: a blocking copy that torch makes below the dispatcher, so only a TorchFunctionMode sees it."""
+    device = kwargs.get("device")
+    return func in (torch.as_tensor, torch.tensor) and device is not None and torch.device(device).type != "cpu"
+
+
 class PassCounter(TorchDispatchMode):
     """Counts aten ops any of whose tensor inputs or outputs has at least `numel` elements (a reduction
     reads the whole batch as an elementwise op does), by op name; random ops go to `random`. Also counts,

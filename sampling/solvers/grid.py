@@ -3,6 +3,7 @@ of the steps that several solvers share."""
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,23 @@ def per_run(plan):
         return cached(noise, tuple(float(t) for t in ts), *opts)
 
     return wrap
+
+
+_ON_DEVICE: "OrderedDict[tuple, tuple]" = OrderedDict()
+
+
+def on_device(owner, build, like: torch.Tensor):
+    """build(): tensors made from host numbers (lists, arrays) on ``like``'s device and dtype, built once per
+    (owner, device, dtype): ``owner`` is a per-run object (a plan cached by per_run, calibration statistics), so
+    a run's batches share one copy. A copy from host data to a GPU waits for the device; once per run, not
+    per batch. The result is shared: never modify it."""
+    key = (id(owner), like.device, like.dtype)
+    hit = _ON_DEVICE.get(key)
+    if hit is None or hit[0] is not owner:  # the owner is held, so its id cannot be reused while cached
+        hit = _ON_DEVICE[key] = (owner, build())
+        while len(_ON_DEVICE) > 32:
+            _ON_DEVICE.popitem(last=False)
+    return hit[1]
 
 
 def ddim_coeffs(a, s, a_next, keep):

@@ -33,7 +33,7 @@ from common.errors import NfebenchError
 from common.registry import check_choice
 from ..registry import register_solver
 from .adams import History, ab_weights, add_combination_
-from .grid import ddim_coeffs, grid_coeffs, per_run
+from .grid import ddim_coeffs, grid_coeffs, on_device, per_run
 
 
 def candidate_times(g, i, window, width, t_end):
@@ -122,6 +122,16 @@ def _plan(noise, ts, base, window, width, cutoff, data_var, order):
     return out
 
 
+def _device_tables(plan, ddim: bool, like):
+    """Per shifted step, the candidates' marginal variances and (c_x, c_0) of each candidate's DDIM step (for
+    _ddim_chosen), as tensors like ``like``: on the device before the loop (a copy inside it would sync)."""
+    shifted = [(cands, v) for cands, v in plan if len(cands) > 1]
+    variances = torch.as_tensor([v for _, v in shifted] or [[0.0]], dtype=like.dtype, device=like.device)
+    weights = torch.as_tensor([[[c[1] for c in cands], [c[2] for c in cands]] for cands, _ in shifted] or [[[0.0]]],
+                              dtype=like.dtype, device=like.device) if ddim else None
+    return variances, weights
+
+
 @register_solver("time_shift", steps=_steps, cost=_cost, describe=_describe)
 def sample_time_shift(model, x, ts, noise, rng=None, base: str = "ddim", window: int = 2, width: float = 0.5,
                       cutoff: float = 0.0, data_var: float = 0.0, order: int = 4):
@@ -131,11 +141,8 @@ def sample_time_shift(model, x, ts, noise, rng=None, base: str = "ddim", window:
     _, step, multistep = BASES[base]
     order = int(order)
     plan = _plan(noise, ts, base, int(window), float(width), float(cutoff), float(data_var), order)
-    # every shifted step's candidate variances, moved to the device once (a copy inside the loop would sync)
-    variances = iter(torch.as_tensor([v for _, v in plan if len(v) > 1] or [[0.0]], dtype=x.dtype, device=x.device))
-    if base == "ddim":  # per shifted step, (c_x, c_0) of each candidate, for _ddim_chosen
-        weights = iter(torch.as_tensor([[[c[1] for c in cands], [c[2] for c in cands]] for cands, _ in plan
-                                        if len(cands) > 1] or [[[0.0]]], dtype=x.dtype, device=x.device))
+    variances, weights = on_device(plan, lambda: _device_tables(plan, base == "ddim", x), x)
+    variances, weights = iter(variances), (iter(weights) if weights is not None else None)
     history = History(order)  # per-sample multistep state (ipndm), full batch, newest first
     ys = es = rows = None  # every candidate's step, then the chosen one per sample (gathered by row)
     for cands, _ in plan:
