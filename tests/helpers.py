@@ -243,7 +243,7 @@ def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
     solver, the NFE counter or the family's adapter (SyncRecorder; the network itself is not looked at); and on
     another device no blocking copy (batch_copies_nothing_blocking)."""
     from launch import calibration
-    from launch.run import plan, sample_batches
+    from launch.run import plan
     from sampling.registry import SOLVERS
 
     for solver in sorted(SOLVERS):
@@ -255,13 +255,11 @@ def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
         nfe = max(6, get_solver(solver).min_nfe(**{k: v for k, v in opts.items() if k != "name"}))
         cfg = {"nfe": nfe, "num_samples": 1, "batch_size": 1, "seed": 0, "sample_offset": 0, "t_end": None,
                "dtype": "float32", "model": model_cfg, "solver": dict(opts), "schedule": schedule}
-        p, out, cpu = plan(cfg), [], torch.device("cpu")
-        calibrated, _ = calibration.prepare(cfg, p, model, cpu)  # into the session's NFEBENCH_CALIBRATION_CACHE
-        with SyncRecorder() as rec:
-            counted = sample_batches(cfg, p, model, cpu, lambda x, x0, idx: out.append(x), calibrated).counted
-        assert counted == p.spec.cost(p.steps, **p.solver_opts) <= nfe, solver
-        assert rec.syncs == ["aten._local_scalar_dense.default"], f"{solver}: host syncs {rec.syncs}"
-        assert out[0].shape == (1, *sample_shape) and bool(torch.isfinite(out[0]).all()), solver
+        p = plan(cfg)
+        calibrated, _ = calibration.prepare(cfg, p, model, torch.device("cpu"))  # into NFEBENCH_CALIBRATION_CACHE
+        x, stats = sampled(cfg, model, calibrated)
+        assert stats.counted == p.spec.cost(p.steps, **p.solver_opts) <= nfe, solver
+        assert x.shape == (1, *sample_shape) and bool(torch.isfinite(x).all()), solver
     batch_copies_nothing_blocking(model_cfg, model)
 
 
@@ -270,20 +268,43 @@ def every_solver_runs(model_cfg: dict, model, sample_shape) -> None:
 ON_DEVICE = ("dpmpp", "pndm", "ddpm")
 
 
+def sampled(cfg: dict, model, calibrated=None):
+    """launch.run.sample_batches on the CPU, as a run samples: (samples, stats). Under a SyncRecorder: the loop's
+    only host syncs are its finiteness checks, one per batch, none in the solver, the NFE counter or the
+    model's adapter (the network itself is not looked at)."""
+    from launch.run import plan, sample_batches
+
+    out = []
+    with SyncRecorder() as rec:
+        stats = sample_batches(cfg, plan(cfg), model, torch.device("cpu"), lambda x, x0, idx: out.append(x),
+                               calibrated)
+    assert rec.syncs == ["aten._local_scalar_dense.default"] * len(out), f"host syncs {rec.syncs}"
+    return torch.cat(out), stats
+
+
+def recorded_batch(cfg: dict, model, device, recorder=None, calibrated=None):
+    """A run's second batch on ``device`` under a SyncRecorder, after a first batch that warms the run's caches
+    (and moves a network to the device): (samples, counter, recorder). cfg is a whole run config."""
+    from launch.run import plan, sample_batch
+
+    p, n, recorder = plan(cfg), cfg["batch_size"], recorder or SyncRecorder()
+    state = p.spec.run_state(cfg["seed"], model.shape, p.dtype, device, **p.solver_opts) if p.spec.run_state else None
+    sample_batch(cfg, p, model, range(n), device, calibrated=calibrated, run_state=state)
+    with recorder:
+        x, _, counter = sample_batch(cfg, p, model, range(n, 2 * n), device, calibrated=calibrated, run_state=state)
+    assert counter.count == p.spec.cost(p.steps, **p.solver_opts)
+    return x, counter, recorder
+
+
 def batch_copies_nothing_blocking(model_cfg: dict, model, solvers=ON_DEVICE) -> None:
     """A batch on the "meta" device (shapes only: a host read would fail) with a copy of the model (its
     network moves there): every copy between host and device is non-blocking (SyncRecorder)."""
-    from launch.run import plan, sample_batch
-
     model, meta = copy.deepcopy(model), torch.device("meta")
     for solver in solvers:
         opts, schedule = solver_defaults(solver)
         cfg = {"nfe": 6, "num_samples": 2, "batch_size": 2, "seed": 0, "sample_offset": 0, "t_end": None,
                "dtype": "float32", "model": model_cfg, "solver": dict(opts), "schedule": schedule}
-        p = plan(cfg)
-        sample_batch(cfg, p, model, range(2), meta)  # the network moves to the device
-        with SyncRecorder() as rec:
-            x = sample_batch(cfg, p, model, range(2, 4), meta)[0]
+        x, _, rec = recorded_batch(cfg, model, meta)
         assert x.device == meta and rec.syncs == [], f"{solver}: blocking copies {rec.syncs}"
 
 

@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from launch.run import load_model, plan, sample_batches
+from launch.run import load_model
 from models.counter import CountedDenoiser
 from models.deepcache import full_calls
 from models.registry import build_model
 from results.collect import main as collect_main
 from common.errors import NfebenchError
 
-from helpers import SyncRecorder, compose_cfg, launch, run_module
+from helpers import compose_cfg, launch, run_module, sampled
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,11 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def samples(*overrides, num_samples=6, batch_size=6):
     cfg = compose_cfg("model=digits_unet", "metrics=none", f"num_samples={num_samples}", f"batch_size={batch_size}",
                       *overrides)
-    out, model = [], load_model(cfg)
-    with SyncRecorder() as rec:  # DeepCache's schedule of full and partial calls is the host's: no sync for it
-        stats = sample_batches(cfg, plan(cfg), model, torch.device("cpu"), lambda x, x0, idx: out.append(x))
-    assert rec.syncs == ["aten._local_scalar_dense.default"] * len(out), rec.syncs  # the finiteness check
-    return torch.cat(out), stats
+    return sampled(cfg, load_model(cfg))  # DeepCache's schedule of full and partial calls is the host's: no sync
 
 
 def test_interval_1_is_bit_identical_to_the_plain_network():
@@ -219,9 +215,7 @@ def test_the_ldm_unet_caches_in_latent_space(tmp_path):
     runs = {}
     for opts in ("null", "{interval:1,branch:0}", "{interval:2,branch:1}"):
         cfg = compose_cfg("model=celebahq_ldm", *common, f"model.deepcache={opts}")
-        out = []
-        stats = sample_batches(cfg, plan(cfg), load_model(cfg), torch.device("cpu"), lambda x, x0, i: out.append(x))
-        runs[opts] = (torch.cat(out), stats)
+        runs[opts] = sampled(cfg, load_model(cfg))
     assert torch.equal(runs["{interval:1,branch:0}"][0], runs["null"][0])
     x, stats = runs["{interval:2,branch:1}"]
     assert x.shape == (2, 3, 256, 256) and bool(torch.isfinite(x).all()) and stats.counted == 4

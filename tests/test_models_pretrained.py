@@ -14,11 +14,11 @@ import torch
 import diffusers  # noqa: F401  (a declared dependency: missing must fail, not skip)
 from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DModel, VQModel
 
-from launch.run import load_model, plan, sample_batches
+from launch.run import load_model
 from models.registry import build_model
 from common.errors import NfebenchError
 
-from helpers import SyncRecorder, batch_copies_nothing_blocking, compose_cfg, launch
+from helpers import batch_copies_nothing_blocking, compose_cfg, launch, sampled
 
 
 def _bump(net, scale=1.5, seed=0):
@@ -90,11 +90,9 @@ def run_path(cfg):
     """plan + load_model + sample_batches as run_experiment does; returns (samples, counted, stats, model).
     The only host sync is each batch's finiteness check: none in the solver, the counter or the family's adapter
     (helpers.SyncRecorder; the network and the decoder themselves are not looked at)."""
-    model, got = load_model(cfg), []
-    with SyncRecorder() as rec:
-        stats = sample_batches(cfg, plan(cfg), model, torch.device("cpu"), lambda x, x0, idx: got.append(x))
-    assert rec.syncs == ["aten._local_scalar_dense.default"] * len(got), rec.syncs
-    return torch.cat(got), stats.counted, stats, model
+    model = load_model(cfg)
+    x, stats = sampled(cfg, model)
+    return x, stats.counted, stats, model
 
 
 @pytest.mark.parametrize("name", sorted(IMAGE_MODELS))

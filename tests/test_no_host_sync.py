@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from launch import calibration
-from launch.run import load_model, plan, sample_batch
+from launch.run import load_model, plan
 from sampling.registry import get_solver
 
-from helpers import SyncRecorder, compose_cfg, solver_cases
+from helpers import SyncRecorder, compose_cfg, recorded_batch, solver_cases
 
 
 VARIANTS = {
@@ -43,24 +43,25 @@ LEVEL_GROUPING = {"dlg": {"aten._unique2.default", "aten.nonzero.default"}}
 MODEL = {"family": "gaussian", "shape": [1, 4, 4], "noise_schedule": {"name": "vp_linear"}, "dtype": "float32"}
 
 
+def _batch(name, opts, schedule, device, tmp_path):
+    """(samples, counter, recorder) of a run's second batch of this config on the analytic model, its network
+    (predict) not recorded."""
+    cfg = {"nfe": max(10, get_solver(name).min_nfe(**{k: v for k, v in opts.items() if k != "name"})),
+           "num_samples": 3, "batch_size": 3, "seed": 0, "sample_offset": 0, "t_end": None, "dtype": "float32",
+           "model": dict(MODEL), "solver": dict(opts), "schedule": dict(schedule), "calibration": {"dir": str(tmp_path)}}
+    return _analytic_batch(cfg, device)
+
+
+def _analytic_batch(cfg, device):
+    model, recorder = load_model(cfg), SyncRecorder()
+    model.predict = recorder.unrecorded(model.predict)  # the analytic network's own arithmetic is not the loop's
+    calibrated = calibration.prepare(cfg, plan(cfg), model, torch.device("cpu"))[0]
+    return recorded_batch(cfg, model, device, recorder, calibrated)
+
+
 @pytest.mark.parametrize("name,opts,schedule", list(solver_cases(VARIANTS)))
 def test_a_batch_makes_no_host_sync(name, opts, schedule, tmp_path):
-    spec = get_solver(name)
-    nfe = max(10, spec.min_nfe(**{k: v for k, v in opts.items() if k != "name"}))
-    cfg = {"nfe": nfe, "num_samples": 3, "batch_size": 3, "seed": 0, "sample_offset": 0, "t_end": None,
-           "dtype": "float32", "model": dict(MODEL), "solver": dict(opts), "schedule": dict(schedule),
-           "calibration": {"dir": str(tmp_path)}}
-    p = plan(cfg)
-    model = load_model(cfg)
-    recorder = SyncRecorder()
-    model.predict = recorder.unrecorded(model.predict)  # the analytic network's own arithmetic is not the loop's
-    calibrated = calibration.prepare(cfg, p, model, torch.device("cpu"))[0]
-    state = p.spec.run_state(0, model.shape, p.dtype, torch.device("cpu"), **p.solver_opts) if p.spec.run_state else None
-    sample_batch(cfg, p, model, range(3), torch.device("cpu"), calibrated=calibrated, run_state=state)  # warm caches
-    with recorder:
-        x, _, counter = sample_batch(cfg, p, model, range(3, 6), torch.device("cpu"), calibrated=calibrated,
-                                     run_state=state)
-    assert counter.count == spec.cost(p.steps, **p.solver_opts)
+    _, counter, recorder = _batch(name, opts, schedule, torch.device("cpu"), tmp_path)
     allowed = LEVEL_GROUPING.get(name, set())
     assert [s for s in recorder.syncs if s not in allowed] == [], \
         f"{name}: host syncs inside the batch: {sorted(set(recorder.syncs))}"
@@ -68,27 +69,12 @@ def test_a_batch_makes_no_host_sync(name, opts, schedule, tmp_path):
         assert 0 < recorder.syncs.count("aten._unique2.default") <= counter.network_evals + counter.setup_evals
 
 
-class _Syncing(torch.nn.Module):
-    def forward(self, x):
-        return x * float(x.sum())
-
-
 @pytest.mark.parametrize("name,opts,schedule", [c for c in solver_cases(VARIANTS) if c.values[0] not in LEVEL_GROUPING])
 def test_on_another_device_a_batch_copies_nothing_blocking(name, opts, schedule, tmp_path):
     """The same batch on the "meta" device (shapes only, no values: a read on the host would fail): every
     copy between the host and the device is one that does not wait for it (the noise draws, the labels)."""
-    cfg = {"nfe": max(10, get_solver(name).min_nfe(**{k: v for k, v in opts.items() if k != "name"})),
-           "num_samples": 3, "batch_size": 3, "seed": 0, "sample_offset": 0, "t_end": None, "dtype": "float32",
-           "model": dict(MODEL), "solver": dict(opts), "schedule": dict(schedule), "calibration": {"dir": str(tmp_path)}}
-    p, model, meta = plan(cfg), load_model(cfg), torch.device("meta")
-    recorder = SyncRecorder()
-    model.predict = recorder.unrecorded(model.predict)
-    calibrated = calibration.prepare(cfg, p, model, torch.device("cpu"))[0]
-    state = p.spec.run_state(0, model.shape, p.dtype, meta, **p.solver_opts) if p.spec.run_state else None
-    sample_batch(cfg, p, model, range(3), meta, calibrated=calibrated, run_state=state)
-    with recorder:
-        x, _, counter = sample_batch(cfg, p, model, range(3, 6), meta, calibrated=calibrated, run_state=state)
-    assert x.device == meta and counter.count == get_solver(name).cost(p.steps, **p.solver_opts)
+    x, _, recorder = _batch(name, opts, schedule, torch.device("meta"), tmp_path)
+    assert x.device == torch.device("meta")
     assert recorder.syncs == [], f"{name}: blocking copies: {recorder.syncs}"
 
 
@@ -96,15 +82,14 @@ def test_on_another_device_a_teleported_batch_copies_nothing_blocking(tmp_path):
     """The teleport's Gaussian statistics go to the device once per run, not with every batch."""
     cfg = compose_cfg("model=gaussian", "teleport.skip=0.6", "solver=dpmpp", "nfe=10", "num_samples=3",
                       "batch_size=3", f"calibration.dir={tmp_path}")
-    p, model, meta = plan(cfg), load_model(cfg), torch.device("meta")
-    assert p.teleport.need
-    calibrated = calibration.prepare(cfg, p, model, torch.device("cpu"))[0]
-    sample_batch(cfg, p, model, range(3), meta, calibrated=calibrated)
-    recorder = SyncRecorder()
-    model.predict = recorder.unrecorded(model.predict)
-    with recorder:
-        x = sample_batch(cfg, p, model, range(3, 6), meta, calibrated=calibrated)[0]
-    assert x.device == meta and recorder.syncs == []
+    assert plan(cfg).teleport.need
+    x, _, recorder = _analytic_batch(cfg, torch.device("meta"))
+    assert x.device == torch.device("meta") and recorder.syncs == []
+
+
+class _Syncing(torch.nn.Module):
+    def forward(self, x):
+        return x * float(x.sum())
 
 
 def test_the_recorder_sees_a_host_sync_outside_the_network():
