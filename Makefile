@@ -26,8 +26,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The speed goals of issue 14 (never a timed test; 5-10 min here) -> results/bench/<part>.{md,json}: solver
-# overhead vs an in-place floor and diffusers, noise, the loop's non-model share, metrics memory, sweep cost.
-# BENCH_ARGS: parts (solvers noise loop metrics sweep) and/or --quick, e.g. make bench BENCH_ARGS="solvers --quick"
+# overhead vs an in-place floor and diffusers, fused steps vs the floor, noise, the loop's non-model share,
+# metrics memory, sweep cost.
+# BENCH_ARGS: parts (solvers fusion noise loop metrics sweep) and/or --quick, e.g. make bench BENCH_ARGS="solvers --quick"
 bench: $(STAMP)
 	$(PY) -m launch.bench $(BENCH_ARGS)
 

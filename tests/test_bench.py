@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from common.paths import REPO
+from launch.bench import fusion
 from launch.bench.loop import loop_share
 from launch.bench.report import Goal, goal_table, interleaved, median_ratio, round_ratios
 from launch.bench.diffusers_loops import DIFFUSERS, diffusers_draws, diffusers_nfe, make_scheduler
@@ -105,6 +106,35 @@ def test_floor_is_dpm_solver_pp_2m():
     assert (floor(x.clone(), coeffs) - run_solver(other, NearFree(noise, (2, 4, 4)), x.clone(), None)[0]).abs().max() > 1e-3
 
 
+def test_fused_contender_is_nfebench_ipndm_order_4():
+    # The fusion part's hand loop (uncompiled here: the same arithmetic inductor fuses) computes nfebench's
+    # ipndm; a wrong weight is caught by the check the part runs before timing.
+    noise = noise_schedule()
+    case = Case.plan("ipndm", compose(["solver=ipndm", "model=digits_unet", "solver.order=4"]), noise, NFE)
+    x = 80 * torch.randn(3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = NearFree(noise, (2, 4, 4))
+    coeffs = fusion.step_coefficients(noise, case.ts, dtype=torch.float64)
+    assert [len(c) - 2 for c in coeffs] == [1, 2, 3] + [4] * (NFE - 3)  # the warm-up orders
+    torch.testing.assert_close(fusion.fused_loop(fusion.ipndm_step, coeffs, x.clone()),
+                               run_solver(case, model, x.clone(), None)[0], rtol=0, atol=1e-10)
+    assert fusion.check_same_samples(fusion.ipndm_step, case, model, coeffs, x) <= 1e-12
+    wrong = [c.clone() for c in coeffs]
+    wrong[5][3] *= 1.01
+    with pytest.raises(fusion.SamplesDiffer, match="not nfebench's ipndm"):
+        fusion.check_same_samples(fusion.ipndm_step, case, model, wrong, x)
+
+
+def test_fusion_without_a_compiler_is_not_measured_and_says_why(tmp_path, monkeypatch):
+    def no_compiler(*args):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(fusion, "compiled_step", lambda: no_compiler)
+    goals = fusion.run(quick=True, out=tmp_path)
+    assert [g.status for g in goals] == ["not measured"] * 2
+    assert all("No working C++ compiler found" in g.why_not_measured for g in goals)
+    assert "| – (torch.compile failed: RuntimeError" in (tmp_path / "fusion.md").read_text()
+
+
 def test_stochastic_means_the_config_draws_noise_with_its_options():
     # which floor a solver is held to: the plain one, or the one with a batched randn per step
     noise = noise_schedule()
@@ -136,7 +166,7 @@ def test_bad_part_is_one_error_line():
     r = subprocess.run([sys.executable, "-m", "launch.bench", "solver"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "nfebench: error: unknown bench part 'solver'; valid: solvers, noise, loop, metrics, sweep"]
+        "nfebench: error: unknown bench part 'solver'; valid: solvers, fusion, noise, loop, metrics, sweep"]
 
 
 def test_gaussian_draws_are_counted_per_side():

@@ -1,4 +1,4 @@
-"""python -m launch.bench [solvers|noise|loop|metrics|sweep ...] [--quick] [--write-reference]"""
+"""python -m launch.bench [solvers|fusion|noise|loop|metrics|sweep ...] [--quick] [--write-reference]"""
 from __future__ import annotations
 
 import argparse

@@ -227,7 +227,8 @@ def over_op_bound(shapes: dict) -> list[str]:
              f"{FLOOR_GOAL}x stays above {FLOOR_GOAL}x the floor even with everything but its passes free, so the "
              f"floor goal cannot be met for it without fewer passes over the tensors. Configs that draw noise are "
              f"held to floor+randn, whose time the draws dominate: an op bound above {FLOOR_GOAL}x does not rule "
-             f"the goal out for them, and they are listed apart."]
+             f"the goal out for them, and they are listed apart. Fusing a step's passes into one kernel reads the "
+             f"same tensors: fusion.md measures whether that helps (`python -m launch.bench fusion`)."]
     for label, res in shapes.items():
         over = sorted(((n, r) for n, r in res["solvers"].items() if r["op_bound"] > FLOOR_GOAL),
                       key=lambda t: -t[1]["op_bound"])
