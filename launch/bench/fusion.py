@@ -60,7 +60,7 @@ def prep_fused(step, coeffs, x_start):
 
 
 def compiled_step():
-    """ipndm_step compiled for fixed shapes, and the first call's compile seconds per shape."""
+    """ipndm_step compiled for fixed shapes (measure_shape times the first call, which compiles)."""
     import torch._dynamo
 
     # one graph per (shape, number of past terms): 2 shapes x 4 orders, above dynamo's default limit of 8

@@ -1,8 +1,8 @@
 """Adams-Bashforth combinations of past noise estimates (PLMS, iPNDM, the time-shift sampler's iPNDM base).
 
 With uniform steps, the order-k rule extrapolates the newest k estimates e_k, e_{k-1}, ... by the
-weights below. The updates are in place: the weights, already multiplied by the step's own
-factor, are Python floats passed as ``alpha`` to ``add_``.
+weights below, already multiplied by the step's own factor: Python floats that the solvers pass to
+multistep.combine.
 """
 from __future__ import annotations
 
@@ -13,15 +13,8 @@ AB = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 /
 
 
 def ab_weights(order: int, scale: float = 1.0) -> tuple:
-    """``scale`` times the order-``order`` weights, for ``add_combination_``."""
+    """``scale`` times the order-``order`` weights."""
     return tuple(scale * w for w in AB[order - 1])
-
-
-def add_combination_(x, weights, history):
-    """x += sum_j weights[j] * history[j] in place (history newest first, as long as weights or longer)."""
-    for w, e in zip(weights, history):
-        x.add_(e, alpha=w)
-    return x
 
 
 class History:

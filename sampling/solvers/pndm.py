@@ -27,8 +27,9 @@ import torch
 from common.errors import NfebenchError
 from common.registry import check_choice
 from ..registry import register_solver
-from .adams import History, ab_weights, add_combination_
+from .adams import History, ab_weights
 from .grid import grid_coeffs, per_run, sigma_eps
+from .multistep import combine
 
 # method -> (warm-up kind, steps of warm-up, highest multistep order)
 METHODS = {"plms": ("heun", 1, 4), "s_pndm": ("heun", 1, 2), "f_pndm": ("rk4", 3, 4)}
@@ -159,7 +160,7 @@ def sample_pndm(model, x, ts, noise, rng=None, method: str = "plms", midpoint: s
     for i, (warmup, weights) in enumerate(zip(plan.warmup, plan.weights)):
         e = history.push(sigma_eps(model, x, g.t[i], g.alpha[i], g.sigma[i], out=history.buffer(x)))  # sigma_i eps_i
         estimates = warmup(model, x, e, i, g, plan) if warmup else history.items  # 1/sigma is in the weights
-        x = add_combination_(torch.mul(x, plan.phi[i][0], out=buf), weights, estimates)
+        x = combine(plan.phi[i][0], x, weights, estimates, out=buf)
     if zero_step:
         model(x, g.t[-1])
     return x

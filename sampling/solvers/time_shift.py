@@ -32,8 +32,9 @@ import torch
 from common.errors import NfebenchError
 from common.registry import check_choice
 from ..registry import register_solver
-from .adams import History, ab_weights, add_combination_
+from .adams import History, ab_weights
 from .grid import ddim_coeffs, grid_coeffs, on_device, per_run
+from .multistep import combine
 
 
 def candidate_times(g, i, window, width, t_end):
@@ -86,7 +87,7 @@ def _ipndm_step(y, e, model, x, cand, history):
     x0 = model(x, t)
     x_e = torch.div(x, a, out=y)
     torch.sub(x_e, x0, out=e).div_(s)  # the newest eps in EDM sigma
-    add_combination_(x_e, weights, [e, *history.items]).mul_(a_next)
+    combine(1.0, x_e, weights, [e, *history.items], out=x_e).mul_(a_next)
 
 
 # base -> (host-side coefficients of a step from a candidate time, the step into a buffer, multistep?)
